@@ -1,0 +1,29 @@
+# The README's two commands: `make run` (set up, then run the pipeline on the toy world) and
+# `make test` (set up if needed, then the whole test suite; this is what .ci/run executes).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export NLTK_DATA := $(CURDIR)/.nltk_data
+export NO_ALBUMENTATIONS_UPDATE := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup run test test-fast bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/cocu run --config configs/toy.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

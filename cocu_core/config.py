@@ -1,0 +1,252 @@
+"""One pydantic model for the whole pipeline, loaded from YAML.
+
+Every stage reads a documented subset of these fields; its cache key is derived from exactly those
+fields (see :func:`PipelineConfig.fields_for`) plus its input fingerprints, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file: the message names the file and the offending key."""
+
+
+class _Section(BaseModel):
+    """Why: every section rejects unknown keys so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ToyWorldConfig(_Section):
+    """The embedded procedural world: image-text pairs whose captions miss visible concepts."""
+
+    seed: int = Field(0, description="Seed of the generator; same seed, same bytes.")
+    n_web: int = Field(6000, ge=0, description="Pairs in the `web` split (trains the curation encoder).")
+    n_train: int = Field(3000, ge=0, description="Pairs in the `train` split (pre-training pairs to curate).")
+    n_val: int = Field(300, ge=0, description="Images in the `val` split (evaluation, with masks).")
+    image_size: int = Field(64, ge=32, le=1024, description="Side of the square images in pixels.")
+    p_mention_thing: float = Field(
+        0.85, ge=0, le=1, description="Probability that a caption names a visible thing (ball, car...)."
+    )
+    p_mention_stuff: float = Field(
+        0.12, ge=0, le=1, description="Probability that a caption names a visible stuff region (sky, grass...)."
+    )
+    p_noise: float = Field(0.05, ge=0, le=1, description="Probability that a caption is off-topic noise.")
+    max_things: int = Field(3, ge=1, le=6, description="Most things drawn in one image.")
+    p_third_stuff: float = Field(
+        0.3, ge=0, le=1, description="Probability of a third stuff band (e.g. sand between water and grass)."
+    )
+
+
+class DataConfig(_Section):
+    """Where image-text pairs come from and how img2dataset downloads them."""
+
+    source: Literal["toyworld", "url_list"] = Field(
+        "toyworld", description="`toyworld`: generate and serve the embedded world; `url_list`: a real list."
+    )
+    url_list: Optional[str] = Field(
+        None, description="Parquet/CSV/TSV list of pairs for `source: url_list` (e.g. CC3M's TSV)."
+    )
+    input_format: Literal["parquet", "csv", "tsv", "txt"] = Field("parquet", description="Format of `url_list`.")
+    url_col: str = Field("url", description="Column of `url_list` holding image URLs.")
+    caption_col: str = Field("caption", description="Column of `url_list` holding captions.")
+    toyworld: ToyWorldConfig = Field(default_factory=ToyWorldConfig, description="Toy world generator settings.")
+    image_size: int = Field(64, ge=16, description="img2dataset `image_size`: side the images are resized to.")
+    resize_mode: Literal["no", "border", "keep_ratio", "center_crop"] = Field(
+        "center_crop", description="img2dataset `resize_mode`."
+    )
+    shard_size: int = Field(1000, ge=1, description="img2dataset `number_sample_per_shard`.")
+    processes: int = Field(2, ge=1, description="img2dataset `processes_count`.")
+    threads: int = Field(8, ge=1, description="img2dataset `thread_count` per process.")
+    timeout: int = Field(10, ge=1, description="img2dataset per-URL download timeout in seconds.")
+    retries: int = Field(0, ge=0, description="img2dataset retries per URL.")
+
+
+class EncoderConfig(_Section):
+    """The curation CLIP: any open_clip model; the toy world trains its own tiny one."""
+
+    model: str = Field(
+        "cocu-tiny", description="open_clip architecture name (`ViT-B-16` for real data; `cocu-tiny` is ours)."
+    )
+    pretrained: Optional[str] = Field(
+        None,
+        description="open_clip pretrained tag (`openai`) or a checkpoint path; None with `train_toy` trains one.",
+    )
+    train_toy: bool = Field(True, description="Train the tiny encoder on the `web` split when no weights are given.")
+    templates: list[str] = Field(
+        default_factory=lambda: ["a photo of a {}.", "a picture of a {}.", "an image of the {}."],
+        description="Prompt templates averaged (then renormalised) into a concept's text embedding.",
+    )
+    epochs: int = Field(12, ge=1, description="Toy encoder training epochs over the `web` split.")
+    batch_size: int = Field(128, ge=2, description="Toy encoder training batch size (InfoNCE negatives).")
+    lr: float = Field(2e-3, gt=0, description="Toy encoder AdamW learning rate.")
+    weight_decay: float = Field(0.05, ge=0, description="Toy encoder AdamW weight decay.")
+    embed_dim: int = Field(128, ge=8, description="Toy encoder joint embedding width.")
+    holdout: int = Field(500, ge=10, description="Web pairs held out to report retrieval R@1/R@5.")
+    inference_batch_size: int = Field(256, ge=1, description="clip-retrieval inference batch size.")
+    num_workers: int = Field(0, ge=0, description="clip-retrieval data-loader workers.")
+
+
+class IndexConfig(_Section):
+    """autofaiss settings for the image and caption indexes."""
+
+    max_index_memory_usage: str = Field("2G", description="autofaiss memory budget for the index.")
+    current_memory_available: str = Field("4G", description="autofaiss memory available while building.")
+    max_index_query_time_ms: float = Field(10.0, gt=0, description="autofaiss query-time target.")
+    metric_type: Literal["ip", "l2"] = Field("ip", description="Inner product on normalised vectors = cosine.")
+    recall_sample: int = Field(500, ge=1, description="Queries used to measure recall against exact search.")
+    recall_k: int = Field(8, ge=1, description="k of the reported recall@k.")
+
+
+class CurationConfig(_Section):
+    """CoCu's three stages and the paper's Table 3 ablation variants."""
+
+    variant: Literal["baseline", "v1", "v2", "v3", "cocu"] = Field(
+        "cocu",
+        description=(
+            "baseline: caption concepts only; v1: language-driven + naive + naive; v2: vision-driven + naive"
+            " + naive; v3: vision-driven + T2V ranking + naive sampling; cocu: full (cluster sampling)."
+        ),
+    )
+    n_neighbours: int = Field(8, ge=1, description="N: neighbours retrieved per image for concept expansion.")
+    k_sample: int = Field(3, ge=1, description="k: concepts (clusters) drawn per image at each training step.")
+    naive_sampling: Literal["topk", "weighted"] = Field(
+        "topk", description="Naive sampling for v1-v3: top-k by relevancy, or relevancy-weighted draws."
+    )
+    vocab_size: int = Field(2000, ge=1, description="K: most frequent caption concepts kept in the vocabulary.")
+    max_ngram: int = Field(3, ge=1, le=5, description="Longest noun phrase (in words) a concept may have.")
+    batch_size: int = Field(4096, ge=1, description="Images curated per batch (bounds memory).")
+    kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the per-image k-means.")
+
+
+class TrainConfig(_Section):
+    """GroupViT pre-training with the multi-label loss fed by curated concepts."""
+
+    epochs: int = Field(5, ge=1, description="Training epochs.")
+    batch_size: int = Field(64, ge=2, description="Batch size.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    device: str = Field("auto", description="`auto` picks CUDA when present, else CPU.")
+
+
+class EvalConfig(_Section):
+    """Zero-shot segmentation and classification benchmarks."""
+
+    voc_root: Optional[str] = Field(
+        None, description="PASCAL-VOC-style root (JPEGImages/, SegmentationClass/); None uses the toy `val` split."
+    )
+    class_names: Optional[str] = Field(None, description="Class-name file, one per line; line 0 is background.")
+    bg_threshold: float = Field(0.9, ge=0, le=1, description="Below this score a pixel is background.")
+
+
+class PipelineConfig(_Section):
+    """The whole pipeline: one YAML file, one model."""
+
+    name: str = Field("toy", description="Run name, used in artifact titles.")
+    workdir: str = Field("runs/toy", description="Where every stage writes its outputs (relative to the CWD).")
+    seed: int = Field(0, description="Global seed for training and sampling.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data source and download.")
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Curation CLIP encoder.")
+    index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS indexes.")
+    curation: CurationConfig = Field(default_factory=CurationConfig, description="Concept curation.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="GroupViT training.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @field_validator("workdir")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def workpath(self) -> Path:
+        """Why: stages share one resolved root so outputs land where the README says."""
+        return Path(self.workdir).expanduser().resolve()
+
+    def get(self, dotted: str) -> Any:
+        """Why: stages name the fields they read as dotted paths ("data.image_size")."""
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+
+    def fields_for(self, dotted_fields: list[str]) -> dict[str, Any]:
+        """Why: a stage's cache key covers exactly the config fields it reads."""
+        return {f: self.get(f) for f in sorted(dotted_fields)}
+
+
+def fingerprint(obj: Any) -> str:
+    """Why: one stable short hash for cache keys and manifests, from JSON-able data."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}'")
+        else:
+            got = err.get("input")
+            lines.append(f"  - '{key}': {err['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> PipelineConfig:
+    """Why: tests and overrides build configs without files; errors still name the source."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config in {source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> PipelineConfig:
+    """Why: the single entry point from YAML; a user mistake becomes a ConfigError, never a traceback."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return config_from_dict(data, str(p))
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """Why: `--set curation.variant=v2` lets users vary one field without copying a config file."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw)
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

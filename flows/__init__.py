@@ -1,0 +1,1 @@
+"""Thin Prefect flows and tasks over `cocu_core`: orchestration only, no algorithms."""
