@@ -184,4 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run through the imported module so plugin sub-commands register into the same COMMANDS table.
+    from cocu_core.cli import main as _main
+
+    raise SystemExit(_main())

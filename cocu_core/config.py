@@ -85,12 +85,21 @@ class EncoderConfig(_Section):
         default_factory=lambda: ["a photo of a {}.", "a picture of a {}.", "an image of the {}."],
         description="Prompt templates averaged (then renormalised) into a concept's text embedding.",
     )
-    epochs: int = Field(12, ge=1, description="Toy encoder training epochs over the `web` split.")
+    epochs: int = Field(8, ge=1, description="Toy encoder training epochs over the `web` split.")
     batch_size: int = Field(128, ge=2, description="Toy encoder training batch size (InfoNCE negatives).")
     lr: float = Field(2e-3, gt=0, description="Toy encoder AdamW learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="Toy encoder AdamW weight decay.")
     embed_dim: int = Field(128, ge=8, description="Toy encoder joint embedding width.")
     holdout: int = Field(500, ge=10, description="Web pairs held out to report retrieval R@1/R@5.")
+    toy_vision_width: int = Field(128, ge=32, description="`cocu-tiny` ViT width (patch 8 on the data image size).")
+    toy_vision_layers: int = Field(3, ge=1, description="`cocu-tiny` ViT depth.")
+    toy_text_width: int = Field(128, ge=32, description="`cocu-tiny` text transformer width (heads = width/32).")
+    toy_text_layers: int = Field(2, ge=1, description="`cocu-tiny` text transformer depth.")
+    toy_context_length: int = Field(32, ge=8, le=77, description="`cocu-tiny` text context length in tokens.")
+    train_threads: int = Field(2, ge=1, description="torch CPU threads while training the toy encoder.")
+    cache_dir: Optional[str] = Field(
+        None, description="open_clip/Hugging Face cache folder searched for named pretrained weights (e.g. `openai`)."
+    )
     inference_batch_size: int = Field(256, ge=1, description="clip-retrieval inference batch size.")
     num_workers: int = Field(0, ge=0, description="clip-retrieval data-loader workers.")
 
@@ -125,6 +134,10 @@ class CurationConfig(_Section):
     max_ngram: int = Field(3, ge=1, le=5, description="Longest noun phrase (in words) a concept may have.")
     batch_size: int = Field(4096, ge=1, description="Images curated per batch (bounds memory).")
     kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations of the per-image k-means.")
+    kmeans_restarts: int = Field(
+        10, ge=1, description="k-means++ restarts per image (seeded, counter-based); the lowest inertia wins."
+    )
+    seed: int = Field(0, description="Seed of the k-means++ initialisation (same seed, same clusters).")
 
 
 class TrainConfig(_Section):

@@ -1,0 +1,78 @@
+"""`cocu encoder-report`: show that the curation encoder retrieves the right captions (training it if needed)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from cocu_core.cli import _load, _with_config, command
+from cocu_core.config import ConfigError, PipelineConfig
+from cocu_core.encoder.report import format_report
+
+
+def ensure_toy_encoder(cfg: PipelineConfig, progress: bool = True, log=print) -> dict[str, Any]:
+    """Why: the toy encoder needs the toy world's `web` split; make both (cached) and return the training manifest."""
+    from cocu_core.encoder.load import encoder_dir
+    from cocu_core.encoder.train import train_toy_encoder
+    from cocu_core.toyworld import generate_world
+
+    world = cfg.workpath / "toyworld"
+    generate_world(world, cfg.data.toyworld)
+    return train_toy_encoder(cfg, world / "web", encoder_dir(cfg), progress=progress, log=log)
+
+
+def evaluate_loaded(cfg: PipelineConfig) -> tuple[dict[str, Any], str]:
+    """Why: a given (pretrained) encoder is judged on held-out toy web pairs, or on the embedded real pairs."""
+    from cocu_core.encoder.load import load_encoder
+    from cocu_core.encoder.report import retrieval_recall
+
+    if cfg.data.source == "toyworld":
+        from cocu_core.encoder.train import embed_images, holdout_split, load_web_pairs
+        from cocu_core.toyworld import generate_world
+
+        enc = load_encoder(cfg)  # first, so missing weights fail before any work
+        world = cfg.workpath / "toyworld"
+        generate_world(world, cfg.data.toyworld)
+        paths, captions = load_web_pairs(world / "web")
+        _, ho = holdout_split(len(paths), cfg.encoder.holdout, cfg.seed)
+        img = embed_images(enc.model, enc.preprocess, [paths[i] for i in ho])
+        return retrieval_recall(img, [captions[i] for i in ho], enc.encode_text), "held-out toy web pairs"
+    from cocu_core.embed import load_embeddings
+
+    img, txt, meta = load_embeddings(cfg.workpath / "embed")
+    n = min(cfg.encoder.holdout, len(img))
+    caps = meta.column("caption").to_pylist()[:n]
+    first = {c: i for i, c in reversed(list(enumerate(caps)))}
+    return retrieval_recall(img[:n], caps, lambda cs: txt[[first[c] for c in cs]]), f"the first {n} embedded pairs"
+
+
+def cmd_encoder_report(args: argparse.Namespace) -> int:
+    """Print the curation encoder's zero-shot image->text retrieval (R@1, R@5), training the toy encoder if needed."""
+    from cocu_core.encoder.toy_model import TOY_MODEL
+
+    cfg = _load(args)
+    enc = cfg.encoder
+    if enc.model == TOY_MODEL and not enc.pretrained:
+        if not enc.train_toy:
+            raise ConfigError("encoder.model is cocu-tiny with no encoder.pretrained and encoder.train_toy false: nothing to report")
+        m = ensure_toy_encoder(cfg, progress=sys.stderr.isatty() or not args.quiet)
+        rep = m["report"]
+        title = (f"curation encoder {TOY_MODEL} ({m['counts']['train_pairs']} web pairs, {m['counts']['steps']} steps, "
+                 f"{rep['train_seconds']:.0f}s training{', cached' if m.get('cached') else ''}); "
+                 f"loss {rep['first_loss']:.2f} -> {rep['final_loss']:.2f}\nzero-shot on held-out toy web pairs:")
+    else:
+        rep, where = evaluate_loaded(cfg)
+        title = f"curation encoder {enc.model}/{enc.pretrained}\nzero-shot on {where}:"
+    print(format_report(rep, title))
+    if enc.model == TOY_MODEL and not enc.pretrained:
+        print(f"checkpoint: {(cfg.workpath / 'encoder' / (TOY_MODEL + '.pt')).resolve()}")
+    return 0
+
+
+def _setup(p: argparse.ArgumentParser) -> None:
+    _with_config(p, required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar when output is not a terminal")
+
+
+command("encoder-report", _setup)(cmd_encoder_report)

@@ -1,0 +1,64 @@
+"""The `cocu-tiny` open_clip architecture: a CLIP small enough to train on 2 CPU cores in minutes.
+
+It is an ordinary open_clip model config (a ViT image tower and a text transformer), registered
+with ``open_clip.add_model_config`` so open_clip, clip-retrieval and our loaders treat it like any
+other architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cocu_core.config import EncoderConfig
+from cocu_core.io import write_json_atomic
+
+TOY_MODEL = "cocu-tiny"
+
+
+def toy_model_config(enc: EncoderConfig, image_size: int) -> dict[str, Any]:
+    """Why: one place defines the tiny architecture; its width/depth are part of the encoder cache key."""
+    patch = 8 if image_size % 8 == 0 else 4
+    return {
+        "embed_dim": enc.embed_dim,
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": enc.toy_vision_layers,
+            "width": enc.toy_vision_width,
+            "head_width": 32,
+            "patch_size": patch,
+            "mlp_ratio": 2.0,
+        },
+        "text_cfg": {
+            "context_length": enc.toy_context_length,
+            "vocab_size": 49408,
+            "width": enc.toy_text_width,
+            "heads": max(1, enc.toy_text_width // 32),
+            "layers": enc.toy_text_layers,
+            "mlp_ratio": 2.0,
+        },
+    }
+
+
+def register_toy_model(enc: EncoderConfig, image_size: int, folder: str | Path) -> Path:
+    """Why: open_clip names a model after its JSON file; write `cocu-tiny.json` and register it."""
+    from cocu_core.compat import ensure_torchvision
+
+    ensure_torchvision()
+    import open_clip
+
+    path = Path(folder) / f"{TOY_MODEL}.json"
+    cfg = toy_model_config(enc, image_size)
+    if not path.is_file() or _read(path) != cfg:
+        write_json_atomic(path, cfg)
+    open_clip.add_model_config(path)
+    return path
+
+
+def _read(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
