@@ -1,0 +1,1 @@
+"""Concepts: the vocabulary built from captions, per-caption extraction, and their text embeddings."""
