@@ -92,6 +92,7 @@ class EncoderConfig(_Section):
     embed_dim: int = Field(128, ge=8, description="Toy encoder joint embedding width.")
     holdout: int = Field(500, ge=10, description="Web pairs held out to report retrieval R@1/R@5.")
     toy_vision_width: int = Field(128, ge=32, description="`cocu-tiny` ViT width (patch 8 on the data image size).")
+    toy_patch_size: int = Field(8, ge=2, description="`cocu-tiny` ViT patch side in pixels (must divide the image size).")
     toy_vision_layers: int = Field(3, ge=1, description="`cocu-tiny` ViT depth.")
     toy_text_width: int = Field(128, ge=32, description="`cocu-tiny` text transformer width (heads = width/32).")
     toy_text_layers: int = Field(2, ge=1, description="`cocu-tiny` text transformer depth.")
@@ -138,6 +139,9 @@ class CurationConfig(_Section):
         10, ge=1, description="k-means++ restarts per image (seeded, counter-based); the lowest inertia wins."
     )
     seed: int = Field(0, description="Seed of the k-means++ initialisation (same seed, same clusters).")
+    kmeans_threads: int = Field(
+        1, ge=1, description="torch threads for the batched k-means; 1 avoids OpenMP spin-wait slowdowns on a shared CPU."
+    )
 
 
 class TrainConfig(_Section):
