@@ -16,6 +16,7 @@ for _k, _v in {"NO_ALBUMENTATIONS_UPDATE": "1", "DO_NOT_TRACK": "1", "PREFECT_SE
     os.environ.setdefault(_k, _v)
 
 from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 
 from cocu_core.config import PipelineConfig, _deep_merge, load_config, parse_override  # noqa: E402
@@ -144,6 +145,59 @@ def index_task(cfg: PipelineConfig, embed: dict) -> dict:
     return rep
 
 
+@task(name="vocabulary", retries=0)
+def vocabulary_task(cfg: PipelineConfig, embed: dict) -> dict:
+    """Concept vocabulary from the corpus's captions, unioned with the benchmark classes."""
+    from cocu_core.curation_stage import vocabulary_stage
+
+    t0 = time.time()
+    rep = vocabulary_stage(cfg.workpath / "embed", cfg.workpath / "vocabulary", cfg)
+    _publish(cfg, "vocabulary", [{"item": k, "value": v} for k, v in rep.items()],
+             f"concept vocabulary ({'cache hit' if rep['cached'] else 'built'}, {time.time() - t0:.1f}s)")
+    return rep
+
+
+def _curation_context(cfg: PipelineConfig):
+    """Load encoder-derived concept embeddings, curation inputs and indexes (shared by the curation tasks)."""
+    from cocu_core.curation_stage import concept_embeddings_stage, load_curation_data
+    from cocu_core.encoder.load import encoder_fingerprint, load_encoder
+    from cocu_core.index import load_index
+
+    enc_id = encoder_fingerprint(cfg)
+    emb, hit = concept_embeddings_stage(cfg.workpath / "vocabulary", cfg.workpath / "concept_emb", cfg, enc_id,
+                                        lambda texts: load_encoder(cfg).encode_text(texts))
+    data = load_curation_data(cfg.workpath / "embed", cfg.workpath / "vocabulary", emb, cfg.curation.max_ngram)
+    return enc_id, data, load_index(cfg.workpath / "index", "image"), load_index(cfg.workpath / "index", "caption"), hit
+
+
+@task(name="curate-shard", retries=0, cache_policy=NO_CACHE)  # the stage manifest is the cache
+def curate_shard_task(cfg: PipelineConfig, shard: str, context: tuple) -> dict:
+    """Curate one download shard into its Parquet concept archive (cached per shard)."""
+    from cocu_core.curation_stage import archive_dir_for, curate_shard_stage, curation_upstream_fp
+
+    enc_id, data, image_index, caption_index, _ = context
+    return curate_shard_stage(data, shard, archive_dir_for(cfg), cfg, curation_upstream_fp(cfg, enc_id),
+                              enc_id, image_index, caption_index)
+
+
+@task(name="semantic-gap-report", retries=0, cache_policy=NO_CACHE)  # the stage manifest is the cache
+def gap_report_task(cfg: PipelineConfig, context: tuple) -> dict:
+    """Precision/recall of top-3 curated concepts vs the toy world's ground truth, per method."""
+    from cocu_core.curation_stage import archive_dir_for, examples_markdown, gap_report_stage
+    from cocu_core.evaluation.semantic_gap import format_gap_report
+
+    enc_id, data, image_index, caption_index, _ = context
+    rows, cached = gap_report_stage(data, cfg, enc_id, image_index, caption_index)
+    table = format_gap_report(rows)
+    examples = examples_markdown(archive_dir_for(cfg), cfg.workpath / "toyworld" / "train", data)
+    create_table_artifact(key=_artifact_key(f"{cfg.name}-semantic-gap"),
+                          table=[{"method": m, **{k: _fmt(v) for k, v in r.items()}} for m, r in rows.items()],
+                          description="Top-3 curated concepts vs ground truth (toy world train split)")
+    create_markdown_artifact(key=_artifact_key(f"{cfg.name}-curation-report"),
+                             markdown=f"# Semantic gap ({cfg.curation.variant})\n\n{table}\n\n## Examples\n\n{examples}\n")
+    return {"rows": rows, "table": table, "cached": cached}
+
+
 @flow(name="cocu_pipeline", log_prints=True)
 def cocu_pipeline(config_path: str = "configs/toy.yaml", overrides: list[str] | None = None) -> dict:
     """Run every stage of the pipeline for one config; returns a summary dict."""
@@ -164,6 +218,19 @@ def cocu_pipeline(config_path: str = "configs/toy.yaml", overrides: list[str] | 
     enc = timed("encoder", encoder_task, cfg)
     emb = timed("embed", embed_task, cfg, enc)
     timed("index", index_task, cfg, emb)
+    timed("vocabulary", vocabulary_task, cfg, emb)
+    t0 = time.time()
+    context = _curation_context(cfg)
+    from cocu_core.curation_stage import shard_names, summarise_shards
+
+    shard_results = [curate_shard_task(cfg, s, context) for s in shard_names(context[1])]
+    results["curate"] = {**summarise_shards(shard_results),
+                         "cached": all(r.get("cached") for r in shard_results) and context[4]}
+    timings["curate"] = round(time.time() - t0, 1)
+    _publish(cfg, "curate", shard_results, f"concept archives, variant {cfg.curation.variant}")
+    if cfg.data.source == "toyworld":
+        gap = timed("semantic_gap", gap_report_task, cfg, context)
+        print(gap["table"])
     stages = ", ".join(f"{k} {v}s{' (cached)' if isinstance(results[k], dict) and results[k].get('cached') else ''}"
                        for k, v in timings.items())
     summary = f"cocu_pipeline '{cfg.name}' finished; outputs in {cfg.workpath}; stages: {stages}"

@@ -101,12 +101,14 @@ import json, sys
 from flows.pipeline import cocu_pipeline
 first = cocu_pipeline(config_path=sys.argv[1])
 second = cocu_pipeline(config_path=sys.argv[1])
+third = cocu_pipeline(config_path=sys.argv[1], overrides=["curation.variant=v2"])
 from prefect.client.orchestration import get_client
 with get_client(sync_client=True) as c:
     keys = sorted({a.key for a in c.read_artifacts() if a.key})
 print(json.dumps({"first": {k: bool(v.get("cached")) for k, v in first.items() if isinstance(v, dict)},
                   "second": {k: bool(v.get("cached")) for k, v in second.items() if isinstance(v, dict)},
-                  "summary": second["summary"], "artifacts": keys}))
+                  "third": {k: bool(v.get("cached")) for k, v in third.items() if isinstance(v, dict)},
+                  "curate": second["curate"], "summary": second["summary"], "artifacts": keys}))
 '''
 
 
@@ -122,7 +124,26 @@ def test_cocu_pipeline_flow_runs_and_reruns_from_cache(tmp_path):
                          env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-4000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["first"] == {"toyworld": False, "download": False, "encoder": False, "embed": False, "index": False}
-    assert all(res["second"].values()) and set(res["second"]) == set(res["first"])
-    for stage in ("toyworld-gap", "download", "encoder", "embed", "index"):
+    stages = ["toyworld", "download", "encoder", "embed", "index", "vocabulary", "curate", "semantic_gap"]
+    assert res["first"] == dict.fromkeys(stages, False)
+    assert res["second"] == dict.fromkeys(stages, True)
+    # switching the variant re-curates into its own folder; everything upstream (and the report) is reused
+    assert res["third"] == {**dict.fromkeys(stages, True), "curate": False}
+    for stage in ("toyworld-gap", "download", "encoder", "embed", "index", "vocabulary", "curate", "semantic-gap",
+                  "curation-report"):
         assert f"e2e-{stage}" in res["artifacts"]
+    # one archive per download shard, every downloaded sample exactly once, readable by the loader's API
+    from cocu_core.curation import ArchiveReader, ConceptSampler
+    from cocu_core.embed import load_embeddings
+
+    _, _, meta = load_embeddings(tmp_path / "run" / "embed")
+    n_shards = len(set(meta.column("shard").to_pylist()))
+    assert res["curate"]["shards"] == n_shards and res["curate"]["images"] == meta.num_rows
+    for variant in ("cocu", "v2"):
+        archive_dir = tmp_path / "run" / "curate" / variant
+        assert len(list(archive_dir.glob("archive_*.parquet"))) == n_shards
+        reader = ArchiveReader(archive_dir)
+        entries = [reader.get(k) for k in meta.column("key").to_pylist()]
+        assert sum(len(e.concepts) > 0 for e in entries) >= 0.9 * len(entries)
+        sampler = ConceptSampler(variant=variant, k=3, seed=0)
+        assert all(len(sampler.sample(e)) == 3 for e in entries[:50])

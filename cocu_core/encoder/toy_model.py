@@ -18,7 +18,9 @@ TOY_MODEL = "cocu-tiny"
 
 def toy_model_config(enc: EncoderConfig, image_size: int) -> dict[str, Any]:
     """Why: one place defines the tiny architecture; its width/depth are part of the encoder cache key."""
-    patch = 8 if image_size % 8 == 0 else 4
+    patch = enc.toy_patch_size
+    if image_size % patch:
+        raise ValueError(f"encoder.toy_patch_size {patch} does not divide the image size {image_size}")
     return {
         "embed_dim": enc.embed_dim,
         "vision_cfg": {

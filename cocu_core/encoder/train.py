@@ -30,6 +30,7 @@ ENCODER_FIELDS = [
     "encoder.weight_decay",
     "encoder.embed_dim",
     "encoder.holdout",
+    "encoder.toy_patch_size",
     "encoder.toy_vision_width",
     "encoder.toy_vision_layers",
     "encoder.toy_text_width",
