@@ -232,8 +232,10 @@ def examples_markdown(archive_dir: Path, toy_split_dir: Path, data: CurationData
 
 def curation_upstream_fp(cfg: PipelineConfig, encoder_id: str) -> str:
     """Why: a shard's archive depends on the embeddings, the vocabulary, the indexes and the encoder."""
+    from cocu_core.curation.archive import ALGORITHM_VERSION
+
     return fingerprint({"upstream": {d: _manifest_fp(cfg.workpath / d) for d in ("embed", "vocabulary", "index")},
-                        "encoder": encoder_id})
+                        "encoder": encoder_id, "algorithm": ALGORITHM_VERSION})
 
 
 GAP_FIELDS = ["curation.n_neighbours", "curation.max_ngram", "encoder.templates"]

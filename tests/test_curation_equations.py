@@ -67,3 +67,16 @@ def test_language_driven_expansion_uses_caption_index():
                     concept_names=NAMES).to_pylist()
     assert vision[0]["neighbour_keys"] == ["x1"]
     assert sorted(vision[0]["concepts"]) == ["c0", "c2"]
+
+
+def test_t2v_denominators_are_clamped_where_a_weak_encoder_gives_near_zero_means():
+    from cocu_core.curation.ranking import EPS, t2v_scores
+
+    # one image, its one neighbour (whose caption has the concept), one concept: mean s = (0.05 - 0.06) / 2 < 0
+    S = np.array([[[0.05], [-0.06]]])
+    in_set = np.array([[[True], [True]]])
+    naive, t2v = t2v_scores(S, in_set, np.array([[True]]))
+    assert naive[0, 0] == 0.05
+    # unclamped Eq. 7 would give 0.05 / -0.005 = -10 (sign flipped by noise); clamped it is 0.05 / EPS
+    assert t2v[0, 0] == 0.05 / 0.05 + 0.05 / EPS
+    assert EPS <= 0.05  # never binds at CLIP's similarity scale (0.1-0.4)

@@ -39,9 +39,15 @@ class ArchiveError(ValueError):
     """An archive this code cannot read, or a key it does not hold."""
 
 
+ALGORITHM_VERSION = 2  # bump when the same inputs and settings curate differently; part of the stage cache key
+
+
 def archive_metadata(cfg: CurationConfig, encoder_id: str, vocabulary_fingerprint: str = "") -> dict[str, Any]:
-    """Why: an archive says which encoder, vocabulary and curation settings produced it."""
+    """Why: an archive says which encoder, vocabulary, curation settings and code produced it."""
+    from cocu_core import __version__
+
     return {
+        "code_version": f"{__version__}+curation{ALGORITHM_VERSION}",
         "encoder": encoder_id,
         "vocabulary": vocabulary_fingerprint,
         "variant": cfg.variant,

@@ -2,16 +2,18 @@
 
 S [B, M, A]: similarities <v_member, t_c> with member 0 the query image itself; in_set [B, M, A]:
 member m is in X_c ∪ {x_i} (the image itself always is); valid [B, A]: archive slot holds a concept.
-Denominators (the per-concept mean and the per-image maximum) are clamped below at ``EPS`` so a
-degenerate encoder with non-positive similarities yields finite scores; with CLIP similarities
-(positive) the clamp never binds. The reference applies the same clamp.
+Denominators (the per-concept mean and the per-image maximum) are clamped below at ``EPS``. CLIP's
+image-text cosine similarities sit around 0.1-0.4, so with CLIP the clamp never binds; a weak encoder
+(the toy one) has means near or below zero, where Eq. 7 would divide by noise: float32 rounding would
+be amplified ten-thousandfold and a concept could jump to the top of the archive. The reference
+applies the same clamp.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-6
+EPS = 1e-2  # far below CLIP similarities, far above float32 noise
 
 
 def t2v_scores(S: np.ndarray, in_set: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
