@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -183,6 +183,13 @@ class PipelineConfig(_Section):
             raise ValueError("must not be empty")
         return v
 
+    @model_validator(mode="after")
+    def _patch_divides_image(self) -> "PipelineConfig":
+        if self.data.image_size % self.encoder.toy_patch_size:
+            raise ValueError(f"encoder.toy_patch_size ({self.encoder.toy_patch_size}) must divide "
+                             f"data.image_size ({self.data.image_size})")
+        return self
+
     @property
     def workpath(self) -> Path:
         """Why: stages share one resolved root so outputs land where the README says."""
@@ -212,6 +219,8 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}'")
+        elif not err["loc"]:  # a check across sections: its message names the keys
+            lines.append(f"  - {err['msg'].removeprefix('Value error, ')}")
         else:
             got = err.get("input")
             lines.append(f"  - '{key}': {err['msg']} (got {got!r})")

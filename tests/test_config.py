@@ -33,6 +33,11 @@ def test_wrong_type_names_key_and_file(tmp_path):
     assert "curation.n_neighbours" in str(e.value) and str(p) in str(e.value) and "eight" in str(e.value)
 
 
+def test_cross_section_check_names_both_keys():
+    with pytest.raises(ConfigError, match=r"encoder.toy_patch_size \(12\) must divide data.image_size \(64\)"):
+        config_from_dict({"data": {"image_size": 64}, "encoder": {"toy_patch_size": 12}}, "x.yaml")
+
+
 def test_out_of_range_and_bad_literal(tmp_path):
     with pytest.raises(ConfigError, match="data.toyworld.p_noise"):
         config_from_dict({"data": {"toyworld": {"p_noise": 1.5}}}, "x.yaml")
