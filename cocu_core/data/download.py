@@ -125,13 +125,35 @@ def shards_brace(shards_dir: str | Path, n_shards: int) -> str:
     return f"{Path(shards_dir).resolve()}/{{{shard_name(0)}..{shard_name(max(0, n_shards - 1))}}}.tar"
 
 
-def _validate_done_shards(shards: Path) -> list[str]:
-    """Why: a stats file is img2dataset's "done" mark; drop marks whose shard files are missing or short."""
+JOURNAL = "done_shards.json"
+
+
+def read_journal(out: Path) -> set[str]:
+    """Why: the shards this stage saw finished while it was alive; only those are trusted on resume."""
+    p = out / JOURNAL
+    return set(read_json(p)["shards"]) if p.is_file() else set()
+
+
+def journal_done_shards(out: Path, shards: Path, known: set[str]) -> set[str]:
+    """Why: record newly finished shards; a worker orphaned by a crash may still mark a shard done (its
+    downloads failing because the source died with us), and such a mark must not count on resume."""
+    seen = {f.name.split("_")[0] for f in shards.glob("*_stats.json")}
+    if seen - known:
+        known = known | seen
+        write_json_atomic(out / JOURNAL, {"shards": sorted(known)})
+    return known
+
+
+def _validate_done_shards(shards: Path, trusted: set[str]) -> list[str]:
+    """Why: a stats file is img2dataset's "done" mark; drop marks the journal does not vouch for and
+    marks whose shard files are missing or short."""
     dropped = []
     for stats_file in sorted(shards.glob("*_stats.json")):
         name = stats_file.name.split("_")[0]
         ok = False
         try:
+            if name not in trusted:
+                raise ValueError("finished after the stage stopped")
             stats = json.loads(stats_file.read_text())
             tar, par = shards / f"{name}.tar", shards / f"{name}.parquet"
             ok = tar.is_file() and par.is_file() and pq.read_metadata(par).num_rows == int(stats["count"])
@@ -144,15 +166,20 @@ def _validate_done_shards(shards: Path) -> list[str]:
     return dropped
 
 
-def run_img2dataset(spec: dict[str, Any], log_path: Path, n_shards: int, shards: Path, progress: bool) -> None:
-    """Why: img2dataset runs in a child process tree that dies with us, so a killed stage leaves no writers."""
+def run_img2dataset(spec: dict[str, Any], log_path: Path, n_shards: int, shards: Path, progress: bool,
+                    trusted: set[str]) -> None:
+    """Why: img2dataset runs in a child process tree that dies with us, so a killed stage leaves no writers;
+    shards seen finished while we run are journaled as trusted."""
     from tqdm import tqdm
 
-    done0 = len(list(shards.glob("*_stats.json")))
-    bar = tqdm(total=n_shards, initial=done0, desc="download: shards", unit="shard", disable=not progress, leave=False)
+    out = log_path.parent
+    bar = tqdm(total=n_shards, initial=len(trusted), desc="download: shards", unit="shard", disable=not progress,
+               leave=False)
 
     def poll() -> None:
-        bar.n = len(list(shards.glob("*_stats.json")))
+        nonlocal trusted
+        trusted = journal_done_shards(out, shards, trusted)
+        bar.n = len(trusted)
         bar.refresh()
 
     try:
@@ -208,11 +235,12 @@ def download_stage(
         if shards.exists():
             shutil.rmtree(shards)  # partial shards of a different list or config: not resumable
         (out / "manifest.json").unlink(missing_ok=True)
+        (out / JOURNAL).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "state.json", {"cache_key": cache_key, "started_at": time.time()})
     write_parquet_atomic(out / "input.parquet", table, INPUT_SCHEMA, 1, {"list_fingerprint": fp})
     shards.mkdir(exist_ok=True)
-    dropped = _validate_done_shards(shards)
+    dropped = _validate_done_shards(shards, read_journal(out))
     n = table.num_rows
     n_shards = math.ceil(n / d.shard_size) if n else 0
     done_before = {f.name.split("_")[0] for f in shards.glob("*_stats.json")}
@@ -242,7 +270,7 @@ def download_stage(
         }
         if log:
             log(f"download: {n} pairs -> {n_shards} shards ({resumed} already done) with img2dataset")
-        run_img2dataset(spec, out / "img2dataset.log", n_shards, shards, progress)
+        run_img2dataset(spec, out / "img2dataset.log", n_shards, shards, progress, done_before)
     elapsed = time.time() - t0
     missing = [shard_name(i) for i in range(n_shards) if not (shards / f"{shard_name(i)}_stats.json").is_file()]
     if missing:
@@ -260,6 +288,7 @@ def download_stage(
                    extra={"runtime": cfg.fields_for(RUNTIME_FIELDS), "n_shards": n_shards,
                           "shards_pattern": rep["shards_pattern"]})
     (out / "state.json").unlink(missing_ok=True)
+    (out / JOURNAL).unlink(missing_ok=True)
     rep["cached"] = False
     return rep
 
