@@ -71,7 +71,11 @@ def cmd_toyworld(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(f"toy world in {out.resolve()}: " + ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
           + (" (cached)" if manifest.get("cached") else ""))
+    print("semantic gap of the train+val captions (the pairs CoCu curates):")
     print(format_gap(pq.read_table(out / "gap.parquet")))
+    if manifest.get("named_fraction_web") is not None:
+        print(f"web split (the curation encoder's own corpus, stuff named at p_mention_stuff_web="
+              f"{cfg.p_mention_stuff_web}): {100 * manifest['named_fraction_web']:.1f}% of present concepts named")
     return 0
 
 

@@ -39,6 +39,16 @@ class ToyWorldConfig(_Section):
     p_mention_stuff: float = Field(
         0.12, ge=0, le=1, description="Probability that a caption names a visible stuff region (sky, grass...)."
     )
+    p_mention_stuff_web: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Stuff mention rate in the `web` split only. `web` stands for the curation CLIP's own pre-training"
+            " corpus (400M pairs for real CLIP, in which every stuff concept is named often); the pairs to curate"
+            " (`train`) and `val` keep the low `p_mention_stuff`, so the semantic gap lives where CoCu works."
+        ),
+    )
     p_noise: float = Field(0.05, ge=0, le=1, description="Probability that a caption is off-topic noise.")
     max_things: int = Field(3, ge=1, le=6, description="Most things drawn in one image.")
     p_third_stuff: float = Field(
@@ -85,12 +95,23 @@ class EncoderConfig(_Section):
         default_factory=lambda: ["a photo of a {}.", "a picture of a {}.", "an image of the {}."],
         description="Prompt templates averaged (then renormalised) into a concept's text embedding.",
     )
-    epochs: int = Field(8, ge=1, description="Toy encoder training epochs over the `web` split.")
+    epochs: int = Field(16, ge=1, description="Toy encoder training epochs over the `web` split.")
     batch_size: int = Field(128, ge=2, description="Toy encoder training batch size (InfoNCE negatives).")
     lr: float = Field(2e-3, gt=0, description="Toy encoder AdamW learning rate.")
     weight_decay: float = Field(0.05, ge=0, description="Toy encoder AdamW weight decay.")
     embed_dim: int = Field(128, ge=8, description="Toy encoder joint embedding width.")
     holdout: int = Field(500, ge=10, description="Web pairs held out to report retrieval R@1/R@5.")
+    toy_vision: Literal["resnet", "vit"] = Field(
+        "resnet",
+        description=(
+            "`cocu-tiny` image tower: CLIP's ModifiedResNet (learns shapes from a few thousand pairs on a CPU;"
+            " image size must be a multiple of 32) or CLIP's ViT (the `toy_vision_*`/`toy_patch_size` fields)."
+        ),
+    )
+    toy_resnet_width: int = Field(16, ge=8, description="`cocu-tiny` ResNet stem width (final features = 32x width).")
+    toy_resnet_layers: list[int] = Field(
+        default_factory=lambda: [1, 1, 1, 1], description="`cocu-tiny` ResNet bottleneck blocks per stage (4 stages)."
+    )
     toy_vision_width: int = Field(128, ge=32, description="`cocu-tiny` ViT width (patch 8 on the data image size).")
     toy_patch_size: int = Field(8, ge=2, description="`cocu-tiny` ViT patch side in pixels (must divide the image size).")
     toy_vision_layers: int = Field(3, ge=1, description="`cocu-tiny` ViT depth.")
@@ -103,6 +124,13 @@ class EncoderConfig(_Section):
     )
     inference_batch_size: int = Field(256, ge=1, description="clip-retrieval inference batch size.")
     num_workers: int = Field(0, ge=0, description="clip-retrieval data-loader workers.")
+
+    @field_validator("toy_resnet_layers")
+    @classmethod
+    def _four_stages(cls, v: list[int]) -> list[int]:
+        if len(v) != 4 or min(v) < 1:
+            raise ValueError(f"needs 4 stages of at least 1 block each, got {v}")
+        return v
 
 
 class IndexConfig(_Section):
@@ -185,7 +213,11 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _patch_divides_image(self) -> "PipelineConfig":
-        if self.data.image_size % self.encoder.toy_patch_size:
+        if self.encoder.toy_vision == "resnet":
+            if self.data.image_size % 32:
+                raise ValueError(f"encoder.toy_vision 'resnet' needs data.image_size ({self.data.image_size}) to be a "
+                                 "multiple of 32 (the ResNet downsamples 32x); use toy_vision 'vit' otherwise")
+        elif self.data.image_size % self.encoder.toy_patch_size:
             raise ValueError(f"encoder.toy_patch_size ({self.encoder.toy_patch_size}) must divide "
                              f"data.image_size ({self.data.image_size})")
         return self

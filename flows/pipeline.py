@@ -47,7 +47,7 @@ def toyworld_task(cfg: PipelineConfig) -> dict:
     create_table_artifact(
         key=_artifact_key(f"{cfg.name}-toyworld-gap"),
         table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in gap],
-        description=f"Semantic gap of the toy world's captions ({'cache hit' if manifest.get('cached') else 'generated'} in {time.time() - t0:.1f}s)",
+        description=f"Semantic gap of the toy world's train+val captions ({'cache hit' if manifest.get('cached') else 'generated'} in {time.time() - t0:.1f}s)",
     )
     return {"dir": str(out), **manifest}
 

@@ -47,7 +47,7 @@ def small_config(workdir: Path, **sections: Any) -> PipelineConfig:
         "workdir": str(workdir),
         "data": {"shard_size": 100, "processes": 2, "threads": 4, "timeout": 5,
                  "toyworld": {"seed": 3, "n_web": 400, "n_train": 240, "n_val": 10}},
-        "encoder": {"epochs": 2, "batch_size": 64, "holdout": 50, "embed_dim": 64, "toy_vision_width": 64,
+        "encoder": {"epochs": 2, "batch_size": 64, "holdout": 50, "embed_dim": 64, "toy_resnet_width": 8, "toy_vision_width": 64,
                     "toy_vision_layers": 1, "toy_text_width": 64, "toy_text_layers": 1, "inference_batch_size": 64},
         "index": {"recall_sample": 100},
     }

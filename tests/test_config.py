@@ -35,7 +35,12 @@ def test_wrong_type_names_key_and_file(tmp_path):
 
 def test_cross_section_check_names_both_keys():
     with pytest.raises(ConfigError, match=r"encoder.toy_patch_size \(12\) must divide data.image_size \(64\)"):
-        config_from_dict({"data": {"image_size": 64}, "encoder": {"toy_patch_size": 12}}, "x.yaml")
+        config_from_dict({"data": {"image_size": 64}, "encoder": {"toy_vision": "vit", "toy_patch_size": 12}}, "x.yaml")
+    with pytest.raises(ConfigError, match=r"toy_vision 'resnet' needs data.image_size \(48\) to be a multiple of 32"):
+        config_from_dict({"data": {"image_size": 48}}, "x.yaml")
+    config_from_dict({"data": {"image_size": 48}, "encoder": {"toy_vision": "vit", "toy_patch_size": 8}}, "x.yaml")
+    with pytest.raises(ConfigError, match="encoder.toy_resnet_layers"):
+        config_from_dict({"encoder": {"toy_resnet_layers": [1, 1, 1]}}, "x.yaml")
 
 
 def test_out_of_range_and_bad_literal(tmp_path):

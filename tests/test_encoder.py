@@ -40,8 +40,9 @@ def test_holdout_is_fixed_and_disjoint():
         holdout_split(10, 10, 0)
 
 
-def test_train_tiny_encoder_load_and_cache(world_dir, tmp_path):
-    cfg = small_config(tmp_path)
+@pytest.mark.parametrize("tower", ["resnet", "vit"])
+def test_train_tiny_encoder_load_and_cache(world_dir, tmp_path, tower):
+    cfg = small_config(tmp_path, encoder={"toy_vision": tower})
     enc_dir = tmp_path / "encoder"
     m = train_toy_encoder(cfg, world_dir / "web", enc_dir, progress=False)
     assert not m["cached"] and m["counts"]["train_pairs"] == 350 and m["counts"]["holdout_pairs"] == 50
@@ -54,6 +55,7 @@ def test_train_tiny_encoder_load_and_cache(world_dir, tmp_path):
     enc = load_encoder(cfg, enc_dir)
     model, preprocess, tokenizer, clip_model = enc  # unpacks as the documented 4-tuple
     assert clip_model == f"open_clip:cocu-tiny/{(enc_dir / 'cocu-tiny.pt').resolve()}"
+    assert type(model.visual).__name__ == {"resnet": "ModifiedResNet", "vit": "VisionTransformer"}[tower]
     t = enc.encode_text(["a red ball", "a tree", "a red ball"])
     assert t.dtype == np.float32 and t.shape == (3, 64)
     assert np.allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5) and np.allclose(t[0], t[2]) and not np.allclose(t[0], t[1])
@@ -62,7 +64,7 @@ def test_train_tiny_encoder_load_and_cache(world_dir, tmp_path):
     im = enc.encode_images([Image.open(next((world_dir / "web" / "images").glob("*.jpg")))])
     assert im.shape == (1, 64) and abs(np.linalg.norm(im) - 1) < 1e-5
 
-    changed = small_config(tmp_path, encoder={"epochs": 1})
+    changed = small_config(tmp_path, encoder={"toy_vision": tower, "epochs": 1})
     from cocu_core.io import stage_is_current
     from cocu_core.encoder.train import ENCODER_FIELDS, web_fingerprint
 

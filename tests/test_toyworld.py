@@ -100,6 +100,19 @@ def test_caption_gap_inside_configured_range(tmp_path):
     assert all(r["named_not_present"] == 0 for r in gap.values())
 
 
+def test_web_split_has_its_own_stuff_rate_and_the_gap_report_leaves_it_out(tmp_path):
+    cfg = ToyWorldConfig(n_web=800, n_train=800, n_val=0, seed=5, p_mention_stuff=0.1, p_mention_stuff_web=0.6, p_noise=0.0)
+    manifest = generate_world(tmp_path, cfg, workers=2)
+    web = {r["concept"]: r for r in semantic_gap(pq.read_table(tmp_path / "web" / "pairs.parquet")).to_pylist()}
+    reported = {r["concept"]: r for r in pq.read_table(tmp_path / "gap.parquet").to_pylist()}
+    train = {r["concept"]: r for r in semantic_gap(pq.read_table(tmp_path / "train" / "pairs.parquet")).to_pylist()}
+    for gap, p in ((web, 0.6), (train, 0.1)):
+        r = gap["ALL stuff"]
+        assert abs(r["named_fraction"] - p) < 5 * np.sqrt(p * (1 - p) / r["present"]) + 0.01, (r, p)
+    assert reported == train  # the reported gap is the curated pairs', not the encoder's corpus
+    assert manifest["named_fraction_web"] > manifest["named_fraction"]
+
+
 def test_captions_are_varied_with_synonyms_and_plurals(world):
     out, _, _ = world
     caps = pq.read_table(out / "web" / "pairs.parquet").column("caption").to_pylist()

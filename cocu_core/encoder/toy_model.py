@@ -1,8 +1,8 @@
 """The `cocu-tiny` open_clip architecture: a CLIP small enough to train on 2 CPU cores in minutes.
 
-It is an ordinary open_clip model config (a ViT image tower and a text transformer), registered
-with ``open_clip.add_model_config`` so open_clip, clip-retrieval and our loaders treat it like any
-other architecture.
+It is an ordinary open_clip model config (CLIP's ModifiedResNet image tower by default, or a ViT, and a
+text transformer), registered with ``open_clip.add_model_config`` so open_clip, clip-retrieval and our
+loaders treat it like any other architecture.
 """
 
 from __future__ import annotations
@@ -18,19 +18,31 @@ TOY_MODEL = "cocu-tiny"
 
 def toy_model_config(enc: EncoderConfig, image_size: int) -> dict[str, Any]:
     """Why: one place defines the tiny architecture; its width/depth are part of the encoder cache key."""
-    patch = enc.toy_patch_size
-    if image_size % patch:
-        raise ValueError(f"encoder.toy_patch_size {patch} does not divide the image size {image_size}")
-    return {
-        "embed_dim": enc.embed_dim,
-        "vision_cfg": {
+    if enc.toy_vision == "resnet":
+        if image_size % 32:
+            raise ValueError(f"the ResNet image tower needs an image size divisible by 32, got {image_size}")
+        # A list of stage depths makes open_clip build CLIP's ModifiedResNet (attention-pool head), as for RN50.
+        vision: dict[str, Any] = {
+            "image_size": image_size,
+            "layers": list(enc.toy_resnet_layers),
+            "width": enc.toy_resnet_width,
+            "head_width": 32,
+        }
+    else:
+        patch = enc.toy_patch_size
+        if image_size % patch:
+            raise ValueError(f"encoder.toy_patch_size {patch} does not divide the image size {image_size}")
+        vision = {
             "image_size": image_size,
             "layers": enc.toy_vision_layers,
             "width": enc.toy_vision_width,
             "head_width": 32,
             "patch_size": patch,
             "mlp_ratio": 2.0,
-        },
+        }
+    return {
+        "embed_dim": enc.embed_dim,
+        "vision_cfg": vision,
         "text_cfg": {
             "context_length": enc.toy_context_length,
             "vocab_size": 49408,

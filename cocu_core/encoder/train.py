@@ -30,6 +30,9 @@ ENCODER_FIELDS = [
     "encoder.weight_decay",
     "encoder.embed_dim",
     "encoder.holdout",
+    "encoder.toy_vision",
+    "encoder.toy_resnet_width",
+    "encoder.toy_resnet_layers",
     "encoder.toy_patch_size",
     "encoder.toy_vision_width",
     "encoder.toy_vision_layers",
@@ -38,7 +41,7 @@ ENCODER_FIELDS = [
     "encoder.toy_context_length",
 ]
 CHECKPOINT = f"{TOY_MODEL}.pt"
-TRAINER_VERSION = 2  # bump when the training procedure changes results, so cached encoders retrain
+TRAINER_VERSION = 3  # bump when the training procedure changes results, so cached encoders retrain
 
 
 def web_fingerprint(web_dir: str | Path) -> str:

@@ -6,7 +6,7 @@ Layout under ``out/``::
     train/ images/*.jpg  masks/*.png  pairs.parquet      (pre-training pairs to curate)
     val/   JPEGImages/*.jpg  SegmentationClass/*.png  ImageSets/Segmentation/val.txt
            class_names.txt  pairs.parquet                (PASCAL-VOC-style evaluation set)
-    gap.parquet  world.json
+    gap.parquet  world.json                          (caption gap of train+val; web has its own rates)
 
 Every image's random stream is seeded by (seed, split, index), so output is bit-for-bit identical
 for a seed whatever the number of worker processes.
@@ -136,7 +136,7 @@ def generate_split(
         (out / sub).mkdir(parents=True, exist_ok=True)
     job = _Job(
         split, str(out), cfg.seed, cfg.image_size, cfg.max_things, cfg.p_third_stuff,
-        cfg.p_mention_thing, cfg.p_mention_stuff, cfg.p_noise,
+        cfg.p_mention_thing, cfg.p_mention_stuff_web if split == "web" else cfg.p_mention_stuff, cfg.p_noise,
     )
     chunk = 250
     tasks = [(job, lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
@@ -240,16 +240,20 @@ def generate_world(
     for split in SPLITS:
         cb = (lambda k, s=split, n=sizes[split]: progress(s, k, n)) if progress else None
         tables[split] = generate_split(out, split, sizes[split], cfg, workers, cb)
-    allpairs = pa.concat_tables(list(tables.values()))
-    gap = semantic_gap(allpairs)
-    write_parquet_atomic(out / "gap.parquet", gap, None, 1, {"what": "semantic gap of captions"})
+    # The gap is measured where CoCu works: the pairs to curate (and val). `web` stands for the curation
+    # CLIP's own corpus, captioned at its own stuff rate; it counts only when no other split exists.
+    curated = [tables[s] for s in ("train", "val") if len(tables[s])] or [tables["web"]]
+    gap = semantic_gap(pa.concat_tables(curated))
+    write_parquet_atomic(out / "gap.parquet", gap, None, 1, {"what": "semantic gap of train+val captions"})
     overall = gap.to_pylist()[-1]["named_fraction"]
+    web_gap = semantic_gap(tables["web"]).to_pylist()[-1]["named_fraction"] if len(tables["web"]) else None
     manifest = {
         "stage": "toyworld",
         "fingerprint": fp,
         "config": cfg.model_dump(mode="json"),
         "counts": {s: len(t) for s, t in tables.items()},
         "named_fraction": overall,
+        "named_fraction_web": web_gap,
         "class_names": list(CLASS_NAMES),
         "cached": False,
     }
