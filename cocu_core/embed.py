@@ -30,6 +30,7 @@ from cocu_core.io import atomic_path, read_json, stage_is_current, write_manifes
 
 EMBED_FIELDS = ["encoder.model", "encoder.pretrained"]
 RUNTIME_FIELDS = ["encoder.inference_batch_size", "encoder.num_workers"]
+EMBED_VERSION = 2  # bump when the same model and shards embed differently (2: models forced into eval mode)
 METADATA_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -124,7 +125,7 @@ def embed_stage(
     dl = read_download_manifest(download_dir)
     out = Path(out_dir)
     fields = cfg.fields_for(EMBED_FIELDS)
-    inputs_fp = fingerprint({"download": dl["cache_key"], "encoder": encoder_fingerprint})
+    inputs_fp = fingerprint({"download": dl["cache_key"], "encoder": encoder_fingerprint, "embedder": EMBED_VERSION})
     if stage_is_current(out, inputs_fp, fields):
         m = read_json(out / "manifest.json")
         return {**m["counts"], **m.get("report", {}), "cached": True}

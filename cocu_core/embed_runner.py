@@ -20,6 +20,21 @@ from cocu_core.io import write_json_atomic  # noqa: E402
 from cocu_core.proc import die_with_parent  # noqa: E402
 
 
+def _models_in_eval_mode(open_clip) -> None:
+    """Why: clip-retrieval's loader (all_clip) never calls `.eval()`, so CLIP ResNets would embed with
+    BatchNorm batch statistics (batch-dependent vectors); every model it creates here is put in eval mode."""
+    create = open_clip.create_model_and_transforms
+    if getattr(create, "_cocu_eval_mode", False):
+        return
+
+    def create_in_eval_mode(*args, **kwargs):
+        model, preprocess_train, preprocess_val = create(*args, **kwargs)
+        return model.eval(), preprocess_train, preprocess_val
+
+    create_in_eval_mode._cocu_eval_mode = True  # type: ignore[attr-defined]
+    open_clip.create_model_and_transforms = create_in_eval_mode
+
+
 def main(spec_path: str) -> int:
     """Why: embed each pending shard into a temporary folder, then rename it into place when complete."""
     spec = json.loads(Path(spec_path).read_text())
@@ -28,6 +43,7 @@ def main(spec_path: str) -> int:
 
     for cfg_path in spec.get("model_configs", []):
         open_clip.add_model_config(cfg_path)
+    _models_in_eval_mode(open_clip)
     from cocu_core.embed import embed_shard
 
     parts = Path(spec["parts_dir"])

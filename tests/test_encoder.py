@@ -93,3 +93,44 @@ def test_vit_b16_openai_missing_offline_is_one_clear_line(tmp_path):
     err = out.stderr.strip().splitlines()[-1]
     assert err.startswith("error: pretrained weights ViT-B-16/openai are not available locally")
     assert "encoder.pretrained: /path/to/weights" in err and "Traceback" not in out.stderr
+
+
+def test_batchnorm_recalibration_makes_eval_mode_match_training_statistics():
+    import torch
+
+    from cocu_core.encoder.train import recalibrate_batchnorm
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+
+        def encode_image(self, x):
+            return self.net(x)
+
+    torch.manual_seed(0)
+    model = Tower().eval()
+    x = torch.randn(512, 4) * 5 + 3  # far from the fresh running stats (mean 0, var 1)
+    with torch.no_grad():
+        model.train()
+        batch_stats = model.encode_image(x)
+        model.eval()
+        before = model.encode_image(x)
+    assert (before - batch_stats).abs().max() > 0.5
+    assert recalibrate_batchnorm(model, x, batch_size=64) == 1
+    assert not model.training and model.net[1].momentum == 0.1
+    with torch.no_grad():
+        after = model.encode_image(x)
+    assert (after - batch_stats).abs().max() < 0.05  # per-batch averages of 64, not one batch of 512
+
+
+def test_class_ranking_hand_worked():
+    from cocu_core.encoder.report import class_ranking
+
+    sims = np.array([[0.9, 0.1, 0.5, 0.2], [0.1, 0.2, 0.3, 0.4]])
+    present = np.array([[1, 0, 0, 1], [0, 0, 1, 1]], bool)
+    r = class_ranking(sims, present, k=2)
+    # image 0: top 2 = classes 0, 2 -> 1 hit of 2 present; image 1: top 2 = 3, 2 -> 2 hits of 2
+    assert r["p@2"] == pytest.approx(0.75) and r["r@2"] == pytest.approx(0.75) and r["chance_p@2"] == 0.5
+    with pytest.raises(ValueError, match="matching"):
+        class_ranking(sims, present[:1])

@@ -39,7 +39,7 @@ class ArchiveError(ValueError):
     """An archive this code cannot read, or a key it does not hold."""
 
 
-ALGORITHM_VERSION = 2  # bump when the same inputs and settings curate differently; part of the stage cache key
+ALGORITHM_VERSION = 3  # bump when the same inputs and settings curate differently; part of the stage cache key
 
 
 def archive_metadata(cfg: CurationConfig, encoder_id: str, vocabulary_fingerprint: str = "") -> dict[str, Any]:

@@ -67,6 +67,18 @@ def _list_take(ids: np.ndarray, valid: np.ndarray, names: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), names.take(pa.array(ids[valid], pa.int64())))
 
 
+def member_similarities(img_emb: np.ndarray, T64: np.ndarray, members: np.ndarray, archive: np.ndarray,
+                        chunk: int = 512) -> np.ndarray:
+    """Why: S[b, m, a] = <v_member, t_c> in float64 like the reference (Eq. 7 divides by small means, which
+    amplifies rounding), gathered in chunks of rows so the float64 temporaries stay small."""
+    B, M = members.shape
+    S = np.empty((B, M, archive.shape[1]), np.float64)
+    for lo in range(0, B, chunk):
+        V = np.asarray(img_emb[np.clip(members[lo:lo + chunk], 0, None)], np.float64)  # [b, M, d]
+        S[lo:lo + chunk] = np.matmul(V, T64[np.clip(archive[lo:lo + chunk], 0, None)].transpose(0, 2, 1))
+    return S
+
+
 def curate_batches(
     keys: Sequence[str],
     captions: Sequence[Optional[str]],
@@ -102,6 +114,7 @@ def curate_batches(
     key_arr = keys if isinstance(keys, pa.Array) else pa.array(list(keys), pa.string())
     cap_arr = pa.array(list(captions), pa.string()).fill_null("")
     T = np.asarray(concept_emb, np.float32)
+    T64 = T.astype(np.float64)
     N = cfg.n_neighbours if index is not None else 0
     for lo in range(0, len(q_all), cfg.batch_size):
         q = q_all[lo:lo + cfg.batch_size]
@@ -115,8 +128,7 @@ def curate_batches(
         contains = (mc[:, :, :, None] == archive[:, None, None, :]).any(axis=2)  # [B, M, A]
         contains[:, 0, :] = True  # X_c ∪ {x_i}
         in_set = contains & valid[:, None, :] & (members >= 0)[:, :, None]
-        V = np.asarray(img_emb[np.clip(members, 0, None)], np.float32)  # [B, M, d]
-        S = np.matmul(V, T[np.clip(archive, 0, None)].transpose(0, 2, 1))  # [B, M, A]
+        S = member_similarities(img_emb, T64, members, archive)  # [B, M, A]
         naive, t2v = t2v_scores(S, in_set, valid)
         order = rank_order(archive, t2v if variant.ranking == "t2v" else naive)
         archive = np.take_along_axis(archive, order, axis=1)

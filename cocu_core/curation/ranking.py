@@ -4,9 +4,9 @@ S [B, M, A]: similarities <v_member, t_c> with member 0 the query image itself; 
 member m is in X_c ∪ {x_i} (the image itself always is); valid [B, A]: archive slot holds a concept.
 Denominators (the per-concept mean and the per-image maximum) are clamped below at ``EPS``. CLIP's
 image-text cosine similarities sit around 0.1-0.4, so with CLIP the clamp never binds; a weak encoder
-(the toy one) has means near or below zero, where Eq. 7 would divide by noise: float32 rounding would
-be amplified ten-thousandfold and a concept could jump to the top of the archive. The reference
-applies the same clamp.
+(the toy one) has means near or below zero, where Eq. 7 would divide by noise and a concept could jump
+to the top of the archive. The reference applies the same clamp; both compute similarities in float64,
+since the division amplifies rounding error up to 1/EPS times.
 """
 
 from __future__ import annotations

@@ -47,6 +47,26 @@ def evaluate_loaded(cfg: PipelineConfig) -> tuple[dict[str, Any], str]:
     return retrieval_recall(img[:n], caps, lambda cs: txt[[first[c] for c in cs]]), f"the first {n} embedded pairs"
 
 
+def toy_class_ranking(cfg: PipelineConfig, n_images: int = 1000, k: int = 3) -> dict[str, Any]:
+    """Why: rank the toy world's classes per `train` image by prompt similarity, against the true classes."""
+    import numpy as np
+
+    from cocu_core.concepts.embed import concept_text_embeddings
+    from cocu_core.encoder.load import load_encoder
+    from cocu_core.encoder.report import class_ranking
+    from cocu_core.encoder.train import embed_images
+    from cocu_core.toyworld import CLASS_NAMES, read_pairs
+
+    enc = load_encoder(cfg)
+    train = cfg.workpath / "toyworld" / "train"
+    rows = read_pairs(train).slice(0, n_images).to_pylist()
+    classes = [c for c in CLASS_NAMES if c != "background"]
+    img = embed_images(enc.model, enc.preprocess, [train / r["file"] for r in rows])
+    txt = concept_text_embeddings(classes, cfg.encoder.templates, enc.encode_text)
+    present = np.array([[c in r["concepts"] for c in classes] for r in rows])
+    return class_ranking(img @ txt.T, present, k)
+
+
 def cmd_encoder_report(args: argparse.Namespace) -> int:
     """Print the curation encoder's zero-shot image->text retrieval (R@1, R@5), training the toy encoder if needed."""
     from cocu_core.encoder.toy_model import TOY_MODEL
@@ -65,6 +85,11 @@ def cmd_encoder_report(args: argparse.Namespace) -> int:
         rep, where = evaluate_loaded(cfg)
         title = f"curation encoder {enc.model}/{enc.pretrained}\nzero-shot on {where}:"
     print(format_report(rep, title))
+    if cfg.data.source == "toyworld":
+        cr = toy_class_ranking(cfg)
+        k = cr["k"]
+        print(f"zero-shot class ranking on {cr['n_images']} toy train images (top {k} of the toy classes by prompt "
+              f"similarity): P@{k} {cr[f'p@{k}']:.3f} (chance {cr[f'chance_p@{k}']:.3f}), R@{k} {cr[f'r@{k}']:.3f}")
     if enc.model == TOY_MODEL and not enc.pretrained:
         print(f"checkpoint: {(cfg.workpath / 'encoder' / (TOY_MODEL + '.pt')).resolve()}")
     return 0

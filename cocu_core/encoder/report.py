@@ -33,6 +33,25 @@ def retrieval_recall(img_emb: np.ndarray, captions: Sequence[str], txt_emb_of: C
     return out
 
 
+def class_ranking(sims: np.ndarray, present: np.ndarray, k: int = 3) -> dict[str, Any]:
+    """Why: how well image-text similarity alone ranks an image's classes bounds how precise curation can be.
+
+    `sims` [n, C] image-to-class-prompt similarities; `present` [n, C] bool ground truth. Returns P@k and
+    R@k of the k most similar classes, and P@k of a random ranking (the mean share of classes present).
+    """
+    sims, present = np.asarray(sims), np.asarray(present, bool)
+    if sims.shape != present.shape or sims.ndim != 2 or len(sims) == 0:
+        raise ValueError(f"need matching non-empty [n, C] arrays, got {sims.shape} and {present.shape}")
+    k = min(k, sims.shape[1])
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    hits = np.take_along_axis(present, top, axis=1).sum(axis=1)
+    return {
+        "n_images": int(len(sims)), "k": k, f"p@{k}": float(np.mean(hits / k)),
+        f"r@{k}": float(np.mean(hits / np.maximum(present.sum(axis=1), 1))),
+        f"chance_p@{k}": float(present.mean()),
+    }
+
+
 def format_report(rep: dict[str, Any], title: str = "") -> str:
     """Why: one readable block for `cocu encoder-report` and the flow log."""
     lines = [title] if title else []

@@ -41,7 +41,7 @@ ENCODER_FIELDS = [
     "encoder.toy_context_length",
 ]
 CHECKPOINT = f"{TOY_MODEL}.pt"
-TRAINER_VERSION = 3  # bump when the training procedure changes results, so cached encoders retrain
+TRAINER_VERSION = 4  # bump when the training procedure changes results, so cached encoders retrain
 
 
 def web_fingerprint(web_dir: str | Path) -> str:
@@ -103,6 +103,29 @@ def embed_images(model, preprocess: Callable, paths: list[Path], batch_size: int
             f = model.encode_image(x[i:i + batch_size].float())
             outs.append(torch.nn.functional.normalize(f, dim=-1).numpy())
     return np.concatenate(outs).astype(np.float32)
+
+
+def recalibrate_batchnorm(model, images, batch_size: int, max_images: int = 4096) -> int:
+    """Why: BatchNorm running statistics lag the weights after a short schedule (eval-mode embeddings then
+    collapse); re-estimate them with the final weights so eval mode sees what training saw. Returns #layers."""
+    import torch
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for i in range(0, min(len(images), max_images), batch_size):
+            model.encode_image(images[i:i + batch_size].float())
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    return len(bns)
 
 
 def train_toy_encoder(
@@ -195,6 +218,7 @@ def train_toy_encoder(
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}")
                 bar.update(1)
         bar.close()
+        recalibrate_batchnorm(model, x_all, bs)
         train_s = time.time() - t_start
         model.token_embedding.sparse = False
         model.eval()
