@@ -17,11 +17,10 @@ import pyarrow as pa
 
 from cocu_core.config import CurationConfig
 from cocu_core.curation.archive import ARCHIVE_SCHEMA
-from cocu_core.curation.errors import CurationInputError, validate_inputs
+from cocu_core.curation.inputs import prepare_inputs
 from cocu_core.curation.kmeans import batched_kmeans
-from cocu_core.curation.neighbours import exact_index, search_neighbours
+from cocu_core.curation.neighbours import search_neighbours
 from cocu_core.curation.ranking import rank_order, t2v_scores
-from cocu_core.curation.variants import get_variant
 
 CSR = tuple[np.ndarray, np.ndarray]
 
@@ -95,21 +94,9 @@ def curate_batches(
     validate: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """Why: one archive record batch per ``cfg.batch_size`` queries, so memory is bounded by the batch."""
-    variant = get_variant(cfg.variant)
-    offsets, ids = (np.asarray(a) for a in caption_concepts)
-    n = len(keys)
-    q_all = np.arange(n, dtype=np.int64) if query_rows is None else np.asarray(query_rows, np.int64).reshape(-1)
-    uses_cap = variant.expansion == "language"
-    if uses_cap and cap_emb is None and caption_index is None:
-        raise CurationInputError("language-driven expansion (variant v1) needs caption embeddings or a caption index")
-    if validate:
-        validate_inputs(keys, captions, offsets, ids, img_emb, cap_emb if uses_cap else None, concept_emb,
-                        concept_names, q_all)
-    index = None
-    if variant.expansion == "vision":
-        index = image_index if image_index is not None else exact_index(img_emb)
-    elif uses_cap:
-        index = caption_index if caption_index is not None else exact_index(cap_emb)
+    inp = prepare_inputs(keys, captions, caption_concepts, img_emb, cap_emb, concept_emb, cfg, image_index,
+                         caption_index, concept_names=concept_names, query_rows=query_rows, validate=validate)
+    variant, offsets, ids, q_all, index = inp.variant, inp.offsets, inp.ids, inp.query_rows, inp.index
     names = pa.array(list(concept_names), pa.string())
     key_arr = keys if isinstance(keys, pa.Array) else pa.array(list(keys), pa.string())
     cap_arr = pa.array(list(captions), pa.string()).fill_null("")

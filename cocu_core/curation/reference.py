@@ -13,11 +13,9 @@ import pyarrow as pa
 
 from cocu_core.config import CurationConfig
 from cocu_core.curation.archive import ARCHIVE_SCHEMA
-from cocu_core.curation.errors import CurationInputError, validate_inputs
+from cocu_core.curation.inputs import prepare_inputs
 from cocu_core.curation.kmeans import STRIDE, canonical_labels, first_near_min, kmeanspp_init, uniforms
-from cocu_core.curation.neighbours import exact_index
 from cocu_core.curation.ranking import EPS
-from cocu_core.curation.variants import get_variant
 
 
 def _sklearn_kmeans(points: np.ndarray, k: int, row: int, cfg: CurationConfig) -> np.ndarray:
@@ -54,19 +52,9 @@ def reference_curate(
     query_rows: Optional[np.ndarray] = None,
 ) -> pa.Table:
     """Why: the paper's definitions image by image, to check the production path against."""
-    variant = get_variant(cfg.variant)
-    offsets, ids = (np.asarray(a) for a in caption_concepts)
-    q_all = np.arange(len(keys)) if query_rows is None else np.asarray(query_rows, np.int64).reshape(-1)
-    if variant.expansion == "language" and cap_emb is None and caption_index is None:
-        raise CurationInputError("language-driven expansion (variant v1) needs caption embeddings or a caption index")
-    validate_inputs(keys, captions, offsets, ids, img_emb,
-                    cap_emb if variant.expansion == "language" else None, concept_emb, concept_names, q_all)
-    if variant.expansion == "vision":
-        index = image_index if image_index is not None else exact_index(img_emb)
-    elif variant.expansion == "language":
-        index = caption_index if caption_index is not None else exact_index(cap_emb)
-    else:
-        index = None
+    inp = prepare_inputs(keys, captions, caption_concepts, img_emb, cap_emb, concept_emb, cfg, image_index,
+                         caption_index, concept_names=concept_names, query_rows=query_rows)
+    variant, offsets, ids, index = inp.variant, inp.offsets, inp.ids, inp.index
 
     def concepts_of(row: int) -> list[int]:
         return [int(c) for c in ids[offsets[row]:offsets[row + 1]]]
@@ -75,7 +63,7 @@ def reference_curate(
         return float(np.dot(np.asarray(img_emb[row], np.float64), np.asarray(concept_emb[c], np.float64)))
 
     rows = []
-    for i in q_all:
+    for i in inp.query_rows:
         i = int(i)
         nb: list[int] = []
         if index is not None:
