@@ -172,23 +172,97 @@ class CurationConfig(_Section):
     )
 
 
-class TrainConfig(_Section):
-    """GroupViT pre-training with the multi-label loss fed by curated concepts."""
+TRAIN_VARIANTS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release")
 
-    epochs: int = Field(5, ge=1, description="Training epochs.")
-    batch_size: int = Field(64, ge=2, description="Batch size.")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
-    device: str = Field("auto", description="`auto` picks CUDA when present, else CPU.")
+
+class TrainConfig(_Section):
+    """GroupViT pre-training with the multi-label loss fed by curated concepts (GV `configs/default.yml`)."""
+
+    model: str = Field("groupvit-toy", description="Registered model config (`groupvit-s` is the paper's; `cocu model list`).")
+    variant: Optional[Literal["baseline", "v1", "v2", "v3", "cocu", "topk-release"]] = Field(
+        None,
+        description=(
+            "Which text inputs feed the multi-label loss. None: the curation variant. `baseline`: nouns of the caption"
+            " itself (GroupViT); `v1`..`v3`/`cocu`: concepts drawn from that variant's archive with its sampling;"
+            " `topk-release`: the CoCu authors' release (top-3 archive concepts by score, deterministic)."
+        ),
+    )
+    epochs: int = Field(5, ge=1, description="Training epochs over the downloaded pairs.")
+    batch_size: int = Field(64, ge=2, description="Global batch size (split evenly across processes).")
+    lr: float = Field(1.6e-3, gt=0, description="Base learning rate at `lr_batch_reference` images per step (scaled linearly).")
+    warmup_lr: float = Field(4e-6, ge=0, description="Learning rate at step 0 of the warm-up (scaled like `lr`).")
+    min_lr: float = Field(4e-5, ge=0, description="Learning rate at the end of the cosine decay (scaled like `lr`).")
+    lr_batch_reference: int = Field(4096, ge=1, description="Global batch the three learning rates are given for (GV: 4096).")
+    warmup_epochs: float = Field(2.0, ge=0, description="Linear warm-up length in epochs (then cosine per step).")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (never on biases and 1-d parameters).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    grad_clip: Optional[float] = Field(5.0, gt=0, description="Gradient-norm clipping; null disables it.")
+    multi_label_weight: float = Field(1.0, ge=0, description="Weight of the multi-label loss (total = image-text + w x multi-label).")
+    k_prompts: int = Field(3, ge=1, description="K: concept prompts per image besides the caption.")
+    templates: Literal["full80", "subset7", "simple"] = Field(
+        "full80", description="Prompt templates a concept is wrapped in (one drawn at random per prompt): CLIP's 80, the 7-subset, or 'a photo of a {}.'."
+    )
+    augment: Literal["deit", "crop_flip", "none"] = Field(
+        "deit",
+        description="`deit`: timm's training transform (RandomResizedCrop, RandAugment, random erasing) as GV; `crop_flip`: RandomResizedCrop + flip; `none`: resize only.",
+    )
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range.")
+    rand_augment: str = Field("rand-m9-mstd0.5-inc1", description="timm RandAugment spec (`deit` only).")
+    random_erasing: float = Field(0.25, ge=0, le=1, description="Random-erasing probability (`deit` only).")
+    seed: int = Field(0, description="Seed of initialisation, data order, augmentation and concept sampling.")
+    checkpoint_every: int = Field(200, ge=1, description="Write an atomic checkpoint every N optimiser steps (and at the end).")
+    keep_checkpoints: int = Field(3, ge=1, description="Step checkpoints kept besides the final one.")
+    device: str = Field("auto", description="`auto` picks CUDA when present, else CPU; or `cpu`, `cuda`, `cuda:1`.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="`auto`: bf16 autocast on CUDA, fp32 on CPU.")
+    processes: int = Field(1, ge=1, description="Processes per node; >1 launches torchrun (gloo on CPU, nccl on GPU).")
+    nnodes: int = Field(1, ge=1, description="Nodes for multi-node torchrun (each runs `processes`).")
+    threads: int = Field(0, ge=0, description="torch CPU threads per process; 0 = cores / processes.")
+    num_workers: int = Field(0, ge=0, description="Data-loader worker processes per training process.")
+    log_every: int = Field(10, ge=1, description="Steps between loss-curve rows (every step is logged to the bar).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs); null = all epochs.")
+
+
+EVAL_DATASETS = ("toy", "voc", "context", "coco_object", "coco_stuff", "cityscapes", "ade20k", "imagenet_s50",
+                 "imagenet_s300")
 
 
 class EvalConfig(_Section):
-    """Zero-shot segmentation and classification benchmarks."""
+    """Zero-shot segmentation (GV's protocol) and classification; None settings take the dataset's protocol default."""
 
+    datasets: list[str] = Field(default_factory=lambda: ["toy"], description=f"Segmentation benchmarks, from {list(EVAL_DATASETS)}.")
+    roots: dict[str, str] = Field(default_factory=dict, description="Dataset name -> root folder in its standard layout.")
     voc_root: Optional[str] = Field(
-        None, description="PASCAL-VOC-style root (JPEGImages/, SegmentationClass/); None uses the toy `val` split."
+        None, description="PASCAL-VOC-style root (JPEGImages/, SegmentationClass/); also the `voc` root. None: toy `val`."
     )
-    class_names: Optional[str] = Field(None, description="Class-name file, one per line; line 0 is background.")
-    bg_threshold: float = Field(0.9, ge=0, le=1, description="Below this score a pixel is background.")
+    class_names: Optional[str] = Field(None, description="Class-name file for the vocabulary, one per line; line 0 is background.")
+    templates: Literal["simple", "subset7", "full80"] = Field(
+        "simple", description="Class-embedding templates for segmentation ('a photo of a {}.' in the protocol)."
+    )
+    classification_templates: Literal["simple", "subset7", "full80"] = Field(
+        "subset7", description="Class-embedding templates for zero-shot classification (the protocol's 7-subset)."
+    )
+    bg_threshold: Optional[float] = Field(None, ge=0, le=1, description="Background threshold; None = the dataset's (VOC 0.95).")
+    resize_long: Optional[int] = Field(None, ge=1, description="Resize keeping ratio: longest side at most this; None = dataset's.")
+    resize_short: Optional[int] = Field(None, ge=1, description="Resize keeping ratio: shortest side to this; None = dataset's.")
+    crop: Optional[int] = Field(None, ge=1, description="Sliding-window side; None = dataset's.")
+    stride: Optional[int] = Field(None, ge=1, description="Sliding-window stride; None = dataset's.")
+    top_k_classes: int = Field(5, ge=1, description="Classes kept from the pooled image embedding (protocol: 5).")
+    window_batch: int = Field(16, ge=1, description="Sliding windows run through the model at once.")
+    device: str = Field("auto", description="`auto` picks CUDA when present, else CPU.")
+    max_images: Optional[int] = Field(None, ge=1, description="Evaluate only the first N images per dataset (quick checks).")
+    imagenet_root: Optional[str] = Field(None, description="ImageNet-style folder (val/<class>/*.JPEG) for zero-shot top-1/top-5.")
+    panels: int = Field(4, ge=0, description="PNG panels (image, truth, prediction, groups, missing-concept maps) per dataset.")
+    save_predictions: Optional[str] = Field(None, description="Folder for palette PNG predictions (VOC style); None = not saved.")
+    checkpoint: Optional[str] = Field(None, description="Model to evaluate; None = the train stage's final checkpoint.")
+
+    @field_validator("datasets")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if d not in EVAL_DATASETS]
+        if bad:
+            raise ValueError(f"unknown dataset(s) {bad}; choose from {list(EVAL_DATASETS)}")
+        return v
 
 
 class PipelineConfig(_Section):
