@@ -1,4 +1,8 @@
-"""`cocu` command line: generate the toy world, run the pipeline, inspect stages.
+"""`cocu` command line registry and the sub-commands that need no orchestrator (toy world, doctor, config).
+
+The console script is `flows.cli:main`: it adds the commands that start Prefect flows (`run`, `deploy`)
+to this registry, so `cocu_core` never imports Prefect. Stage modules register their own sub-commands
+with :func:`command` (see :func:`_register_plugins`).
 
 User mistakes (bad config, missing files) print one clear `error:` line and exit 2, never a traceback.
 """
@@ -96,16 +100,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the `cocu_pipeline` Prefect flow for a config."""
-    cfg = _load(args)
-    from flows.pipeline import cocu_pipeline
-
-    result = cocu_pipeline(config_path=str(Path(args.config).resolve()), overrides=list(args.set or []))
-    print(result.get("summary", "") if isinstance(result, dict) else result)
-    return 0
-
-
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {}
 
 
@@ -138,19 +132,21 @@ def _setup_toyworld(p: argparse.ArgumentParser) -> None:
 command("toyworld", _setup_toyworld)(cmd_toyworld)
 command("doctor", lambda p: None)(cmd_doctor)
 command("config", lambda p: _with_config(p, required=True))(cmd_config)
-command("run", lambda p: _with_config(p, required=True))(cmd_run)
+
+
+PLUGINS = ("cocu_core.encoder.cli", "cocu_core.train.cli", "cocu_core.evaluation.cli")
 
 
 def _register_plugins() -> None:
     """Why: stage modules that add sub-commands register on import; missing optional ones are skipped."""
     import importlib
 
-    for mod in ("cocu_core.encoder.cli",):
+    for mod in PLUGINS:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
             if exc.name is None or not exc.name.startswith("cocu_core"):
-                raise
+                raise  # a missing third-party package is a real error; a stage module not written yet is skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `cocu` console script."""
+    """Why: one entry for every registered sub-command (the console script goes through `flows.cli.main`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -1,5 +1,6 @@
-"""The `cocu` command line: help, toy world generation with a gap table, clean user errors."""
+"""The `cocu` command line: help, toy world generation with a gap table, clean user errors, layering."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -7,15 +8,60 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _cocu(*args: str, cwd: Path = ROOT):
-    return subprocess.run([sys.executable, "-m", "cocu_core.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+def _cocu(*args: str, cwd: Path = ROOT, module: str = "flows.cli"):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def test_help_lists_subcommands():
     r = _cocu("--help")
     assert r.returncode == 0
-    for sub in ("toyworld", "run", "doctor", "config"):
-        assert sub in r.stdout
+    for sub in ("toyworld", "run", "doctor", "config", "encoder-report"):
+        assert sub in r.stdout, sub
+
+
+def test_console_script_points_at_flows_cli():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"cocu": "flows.cli:main"}
+
+
+def test_cocu_core_never_imports_prefect_or_flows():
+    # statically: no module of the library names prefect or flows in an import
+    offenders = []
+    for path in (ROOT / "cocu_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("prefect", "flows")]
+    assert not offenders
+    # and at run time: the library's own command line builds every parser without loading them
+    code = ("import sys; from cocu_core.cli import build_parser; p = build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'flows')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
+
+
+def test_library_cli_has_no_flow_commands_but_the_rest():
+    r = _cocu("--help", module="cocu_core.cli")
+    assert r.returncode == 0
+    assert "toyworld" in r.stdout and "config" in r.stdout
+    assert " run " not in r.stdout and "deploy" not in r.stdout
+
+
+def test_missing_plugin_module_is_skipped_other_import_errors_are_not(monkeypatch):
+    from cocu_core import cli
+
+    monkeypatch.setattr(cli, "PLUGINS", ("cocu_core.no_such_stage.cli",))
+    cli._register_plugins()  # a stage module not written yet: skipped
+    monkeypatch.setattr(cli, "PLUGINS", ("no_such_third_party_package",))
+    try:
+        cli._register_plugins()
+    except ModuleNotFoundError as exc:
+        assert exc.name == "no_such_third_party_package"
+    else:
+        raise AssertionError("a missing third-party package must not be silently skipped")
 
 
 def test_toyworld_writes_splits_and_prints_gap(tmp_path):
