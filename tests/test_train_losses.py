@@ -84,7 +84,8 @@ def test_gradients_flow_to_features_and_logit_scales():
     text = _unit(4, 4, 8, seed=5).requires_grad_()
     s = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
     s_ml = torch.tensor(math.log(1 / 0.07), dtype=torch.float64, requires_grad=True)
-    loss, logs = total_loss({"image": img, "text": text, "logit_scale": s, "multi_label_logit_scale": s_ml}, 0.5)
+    loss, logs = total_loss({"image": img, "text": text, "logit_scale": scale_from_param(s),
+                             "multi_label_logit_scale": scale_from_param(s_ml)}, 0.5)
     loss.backward()
     for t in (img, text, s, s_ml):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
@@ -106,10 +107,10 @@ def test_logit_scale_is_clamped_at_100_and_stops_its_gradient():
 def test_caption_only_and_zero_weight_skip_the_multi_label_loss():
     img, text = _unit(4, 8, seed=6), _unit(4, 1, 8, seed=7)
     s = torch.tensor(2.0, dtype=torch.float64)
-    loss, logs = total_loss({"image": img, "text": text, "logit_scale": s})
+    loss, logs = total_loss({"image": img, "text": text, "logit_scale": s.exp()})
     assert "multi_label" not in logs and abs(loss.item() - loop_image_text(img, text[:, 0], math.exp(2.0))) < 1e-6
     with pytest.raises(ValueError, match=r"\(B, 1\+K, D\)"):
-        total_loss({"image": img, "text": text[:3], "logit_scale": s})
+        total_loss({"image": img, "text": text[:3], "logit_scale": s.exp()})
 
 
 def test_gather_is_identity_without_process_group():
@@ -138,7 +139,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, cases: list) -> None
             t = text[lo:hi].clone().requires_grad_()
             s = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
             s_ml = torch.tensor(2.2, dtype=torch.float64, requires_grad=True)
-            loss, logs = total_loss({"image": x, "text": t, "logit_scale": s, "multi_label_logit_scale": s_ml})
+            loss, logs = total_loss({"image": x, "text": t, "logit_scale": scale_from_param(s),
+                                     "multi_label_logit_scale": scale_from_param(s_ml)})
             loss.backward()
             results.append({"logs": logs, "gx": x.grad, "gt": t.grad, "gs": s.grad, "gs_ml": s_ml.grad,
                             "gathered": gather_with_grad(x.detach())})
@@ -180,8 +182,8 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tmp_path
         torch.testing.assert_close(a["gs"] + b["gs"], s.grad, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(a["gs_ml"] + b["gs_ml"], s_ml.grad, rtol=1e-9, atol=1e-12)
         if split[1] * 2 == split[2]:  # equal halves: the mean of the rank losses is the concatenated batch's loss
-            full, _ = total_loss({"image": im, "text": tx, "logit_scale": torch.tensor(2.5, dtype=torch.float64),
-                                  "multi_label_logit_scale": torch.tensor(2.2, dtype=torch.float64)})
+            full, _ = total_loss({"image": im, "text": tx, "logit_scale": torch.tensor(2.5, dtype=torch.float64).exp(),
+                                  "multi_label_logit_scale": torch.tensor(2.2, dtype=torch.float64).exp()})
             assert abs(0.5 * (a["logs"]["loss"] + b["logs"]["loss"]) - full.item()) < 1e-9
 
 

@@ -127,23 +127,25 @@ def multi_label_loss(img: torch.Tensor, prompts: torch.Tensor, logit_scale: torc
 def total_loss(out: dict[str, torch.Tensor], multi_label_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Why: the training objective: image-text + w x multi-label, plus the numbers the loop logs.
 
-    ``out``: ``image`` (B, D), ``text`` (B, 1+K, D) with the caption first, and the learnable
-    log-scales ``logit_scale`` / ``multi_label_logit_scale`` (used as clamp(exp(s), 100)).
-    With K = 0 prompts (``text`` (B, 1, D)) or weight 0 only the image-text loss is computed.
+    ``out`` is the model's training forward: ``image`` (B, D), ``text`` (B, 1+K, D) with the caption
+    first, and the temperatures as used, ``logit_scale`` / ``multi_label_logit_scale`` (already
+    clamp(exp(s), 100), see :func:`scale_from_param`). With K = 0 prompts or weight 0 only the
+    image-text loss is computed. Logged values: loss, image_text, logit_scale and, when computed,
+    multi_label and multi_label_logit_scale.
     """
     img, text = out["image"], out["text"]
     if text.dim() != 3 or text.shape[0] != img.shape[0]:
         raise ValueError(f"out['text'] must be (B, 1+K, D) with B = {img.shape[0]}, got {tuple(text.shape)}")
     sizes = batch_sizes(img.shape[0], img.device)
-    scale = scale_from_param(out["logit_scale"])
+    scale = out["logit_scale"]
     it = image_text_loss(img, text[:, 0], scale, sizes)
-    parts = {"image_text": it, "logit_scale": scale}
+    parts = {"image_text": it, "logit_scale": torch.as_tensor(scale)}
     loss = it
     if text.shape[1] > 1 and multi_label_weight > 0:
-        ml_scale = scale_from_param(out["multi_label_logit_scale"])
+        ml_scale = out["multi_label_logit_scale"]
         ml = multi_label_loss(img, text[:, 1:], ml_scale, sizes)
         loss = loss + multi_label_weight * ml
-        parts.update(multi_label=ml, multi_label_logit_scale=ml_scale)
+        parts.update(multi_label=ml, multi_label_logit_scale=torch.as_tensor(ml_scale))
     names = ["loss", *parts]
     values = torch.stack([loss.detach().double(), *(v.detach().double().reshape(()) for v in parts.values())]).tolist()
     return loss, dict(zip(names, values))
