@@ -265,6 +265,37 @@ class EvalConfig(_Section):
         return v
 
 
+class RuntimeConfig(_Section):
+    """How the pipeline runs: concurrency and threads, the re-curation schedule, archive versions kept."""
+
+    concurrency: int = Field(
+        0, ge=0, description="Tasks run at once where stages fan out (curation shards); 0 = one per CPU core."
+    )
+    threads: int = Field(
+        0, ge=0,
+        description="torch/OpenMP/BLAS threads per task (and per stage subprocess); 0 = cores // concurrency, at least 1.",
+    )
+    recurate_cron: Optional[str] = Field(
+        None, description="Cron schedule of the `cocu-recurate` deployment (e.g. '0 3 * * *'); null = no schedule."
+    )
+    recurate_timezone: str = Field("UTC", description="Time zone the `recurate_cron` schedule is read in.")
+    keep_versions: int = Field(
+        3, ge=1, description="Archive versions kept by re-curation (older version folders are deleted)."
+    )
+
+    @field_validator("recurate_cron")
+    @classmethod
+    def _cron(cls, v: Optional[str]) -> Optional[str]:
+        import re
+
+        if v is None:
+            return v
+        fields = v.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,\-?LW#]+", f) for f in fields):
+            raise ValueError("must be a 5-field cron expression (minute hour day month weekday), e.g. '0 3 * * *'")
+        return " ".join(fields)
+
+
 class PipelineConfig(_Section):
     """The whole pipeline: one YAML file, one model."""
 
@@ -277,6 +308,7 @@ class PipelineConfig(_Section):
     curation: CurationConfig = Field(default_factory=CurationConfig, description="Concept curation.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="GroupViT training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Concurrency, schedule, versions kept.")
 
     @field_validator("workdir")
     @classmethod
@@ -294,6 +326,13 @@ class PipelineConfig(_Section):
         elif self.data.image_size % self.encoder.toy_patch_size:
             raise ValueError(f"encoder.toy_patch_size ({self.encoder.toy_patch_size}) must divide "
                              f"data.image_size ({self.data.image_size})")
+        return self
+
+    @model_validator(mode="after")
+    def _url_list_given(self) -> "PipelineConfig":
+        if self.data.source == "url_list" and not (self.data.url_list or "").strip():
+            raise ValueError("data.source is 'url_list' but data.url_list is not set: give the list file "
+                             "(Parquet/CSV/TSV) or a folder of such files")
         return self
 
     @property
