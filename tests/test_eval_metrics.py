@@ -1,0 +1,153 @@
+"""Segmentation metrics: a hand-worked example, scikit-learn's confusion matrix, and mmseg's formulas."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix
+
+from cocu_core.evaluation.metrics import ConfusionMatrix, metrics_from_matrix
+
+torch.set_num_threads(1)
+
+
+def test_hand_worked_example_with_ignore_and_absent_class():
+    # 4 classes; class 3 appears in neither map; the last column is ignored (its predictions don't count).
+    label = torch.tensor([[0, 0, 1, 255], [1, 2, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 2], [1, 2, 0, 0]])
+    cm = ConfusionMatrix(4, ignore_index=255)
+    cm.update(pred, label)
+    r = cm.results()
+    # valid (gt, pred): (0,0) (0,1) (1,1) (1,1) (2,2) (2,0)
+    # class 0: I=1 G=2 P=2 U=3; class 1: I=2 G=2 P=3 U=3; class 2: I=1 G=2 P=1 U=2; class 3: U=0 -> NaN
+    np.testing.assert_allclose(r.iou[:3], [1 / 3, 2 / 3, 1 / 2])
+    assert math.isnan(r.iou[3]) and math.isnan(r.acc[3])
+    assert r.miou == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)  # NaN class skipped, not counted as 0
+    np.testing.assert_allclose(r.acc[:3], [1 / 2, 1, 1 / 2])
+    assert r.macc == pytest.approx(2 / 3)
+    assert r.aacc == pytest.approx(4 / 6)
+    assert r.pixels == 6
+    expected = np.zeros((4, 4), np.int64)
+    for g, p in [(0, 0), (0, 1), (1, 1), (1, 1), (2, 2), (2, 0)]:
+        expected[g, p] += 1
+    np.testing.assert_array_equal(r.confusion, expected)
+    d = r.to_dict(["a", "b", "c", "d"])
+    assert d["per_class"]["d"] == {"IoU": None, "Acc": None}
+    assert d["mIoU"] == pytest.approx(0.5)
+    assert "50.00" in r.table(["a", "b", "c", "d"])
+
+
+def test_class_predicted_but_absent_from_ground_truth_counts_as_zero():
+    label = torch.tensor([0, 0, 1, 1])
+    pred = torch.tensor([0, 2, 1, 1])
+    r = _run(3, [(pred, label)])
+    assert r.iou[2] == 0.0  # predicted only: IoU 0 is averaged in (mmseg)
+    assert math.isnan(r.acc[2])  # but its accuracy is undefined
+    assert r.miou == pytest.approx((1 / 2 + 1 + 0) / 3)
+
+
+def _run(n, pairs, ignore=255):
+    cm = ConfusionMatrix(n, ignore_index=ignore)
+    for p, y in pairs:
+        cm.update(p, y)
+    return cm.results()
+
+
+def test_equals_sklearn_confusion_matrix_iou_on_random_maps():
+    rng = np.random.default_rng(0)
+    n = 7
+    labels, preds = [], []
+    for _ in range(5):
+        h, w = rng.integers(20, 60, size=2)
+        y = rng.integers(0, n - 1, size=(h, w))  # class n-1 never in the ground truth
+        y[rng.random((h, w)) < 0.15] = 255
+        p = np.where(rng.random((h, w)) < 0.6, np.clip(y, 0, n - 1), rng.integers(0, n, size=(h, w)))
+        labels.append(y)
+        preds.append(p)
+    r = _run(n, [(torch.from_numpy(p), torch.from_numpy(y)) for p, y in zip(preds, labels)])
+
+    y_all = np.concatenate([y.ravel() for y in labels])
+    p_all = np.concatenate([p.ravel() for p in preds])
+    keep = y_all != 255
+    sk = confusion_matrix(y_all[keep], p_all[keep], labels=list(range(n)))
+    np.testing.assert_array_equal(r.confusion, sk)
+    inter = np.diag(sk).astype(float)
+    union = sk.sum(0) + sk.sum(1) - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    np.testing.assert_allclose(r.iou, iou, equal_nan=True)
+    assert r.miou == pytest.approx(np.nanmean(iou))
+    assert r.aacc == pytest.approx(inter.sum() / sk.sum())
+    assert r.pixels == int(keep.sum())
+
+
+def _mmseg_reference(preds, labels, n, ignore):
+    """mmseg's intersect_and_union summed over images: torch.histc over [0, n-1] after dropping ignore."""
+    tot = np.zeros((4, n))
+    for p, y in zip(preds, labels):
+        m = y != ignore
+        p, y = p[m], y[m]
+        inter = p[p == y]
+        hist = lambda v: torch.histc(torch.from_numpy(v).double(), bins=n, min=0, max=n - 1).numpy()  # as mmseg
+        ai, ap, al = hist(inter), hist(p), hist(y)
+        tot += np.stack([ai, ap + al - ai, ap, al])
+    ai, au, _, al = tot
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou, acc = ai / au, ai / al
+    return iou, acc, ai.sum() / al.sum()
+
+
+def test_out_of_range_values_follow_mmseg():
+    rng = np.random.default_rng(1)
+    n = 5
+    preds, labels = [], []
+    for _ in range(4):
+        y = rng.integers(0, n + 2, size=(30, 40))  # n, n+1: labels out of range but not ignored
+        y[:, :5] = 255
+        p = rng.integers(-1, n + 3, size=(30, 40))  # negative and too-large predictions
+        preds.append(p)
+        labels.append(y)
+    r = _run(n, [(torch.from_numpy(p), torch.from_numpy(y)) for p, y in zip(preds, labels)])
+    iou, acc, aacc = _mmseg_reference(preds, labels, n, 255)
+    np.testing.assert_allclose(r.iou, iou, equal_nan=True)
+    np.testing.assert_allclose(r.acc, acc, equal_nan=True)
+    assert r.aacc == pytest.approx(aacc)
+    assert r.miou == pytest.approx(np.nanmean(iou))
+
+
+def test_batches_numpy_inputs_merge_and_reset():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, size=(3, 16, 16))
+    p = rng.integers(0, 4, size=(3, 16, 16))
+    whole = ConfusionMatrix(4)
+    whole.update(torch.from_numpy(p), torch.from_numpy(y))  # a batch at once
+    a, b = ConfusionMatrix(4), ConfusionMatrix(4)
+    a.update(p[0], y[0])  # numpy arrays are accepted too
+    b.update(p[1:], y[1:])
+    a.merge(b)
+    np.testing.assert_array_equal(a.results().confusion, whole.results().confusion)
+    a.reset()
+    r = a.results()
+    assert r.pixels == 0 and math.isnan(r.miou) and math.isnan(r.aacc)
+
+
+def test_bad_inputs_are_clear():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match="shape"):
+        cm.update(torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        cm.update(torch.zeros(4, 4), torch.zeros(4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="merge"):
+        cm.merge(ConfusionMatrix(4))
+    with pytest.raises(ValueError, match="class names"):
+        cm.results().to_dict(["only one"])
+
+
+def test_metrics_from_matrix_matches_accumulator():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 6, size=(50, 50))
+    p = rng.integers(0, 6, size=(50, 50))
+    cm = ConfusionMatrix(6)
+    cm.update(p, y)
+    direct = metrics_from_matrix(cm.matrix.numpy().reshape(7, 7))
+    assert direct.miou == cm.results().miou
