@@ -297,6 +297,7 @@ def test_toy_val_split(toy_val):
     assert len(ds) == 12 and not ds.has_background and ds.settings.bg_thresh is None
     assert ds.class_names == list(CLASS_NAMES[1:])
     assert ds.settings == ProtocolSettings(64, 64, 64, 64, None)
+    assert ds.palette[0].tolist() == [128, 0, 0] and ds.palette[255].tolist() == [224, 224, 192]  # no black class
     for i in range(len(ds)):
         s = ds[i]
         raw = np.asarray(Image.open(toy_val / f"SegmentationClass/{s.id}.png"))

@@ -477,7 +477,9 @@ class SegDataset:
         self.has_background = has_background
         self.settings = settings
         self.ignore_index = ignore_index
-        self.palette = voc_palette(max(256, len(class_names), ignore_index + 1))
+        self.palette = voc_palette(max(256, len(class_names) + 1, ignore_index + 1))
+        if not has_background:  # VOC's colour 0 is black, read as "background": give class 0 colour 1, etc.
+            self.palette[: len(class_names)] = voc_palette(len(class_names) + 1)[1:]
 
     @property
     def n_classes(self) -> int:
