@@ -1,0 +1,342 @@
+"""Training data: real webdataset tars (tarfile + PIL JPEGs) joined with real archives (write_archive).
+
+Checks the key join and its skip counts, clear errors, determinism (same seed, resume, ranks, workers),
+each variant's prompts, templates and padding, and that augmentation never disturbs the caller's RNG.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from PIL import Image
+
+from cocu_core.config import CurationConfig, TrainConfig
+from cocu_core.curation import ARCHIVE_SCHEMA, ConceptSampler, archive_metadata, write_archive
+from cocu_core.templates import get_templates
+from cocu_core.train.data import (
+    IMAGENET_MEAN, IMAGENET_STD, TrainBatch, TrainData, TrainDataError, build_transform, index_shards, posterize_compat,
+)
+from cocu_core.train.nouns import caption_nouns
+
+torch.set_num_threads(1)
+
+SIZE = 32
+NOUNS = ["dog", "ball", "tree", "car", "sky", "grass", "boat", "cat"]
+
+
+def colour(i: int) -> tuple[int, int, int]:
+    return (20 + (i * 37) % 200, 20 + (i * 71) % 200, 20 + (i * 13) % 200)
+
+
+def caption_of(i: int) -> str:
+    if i % 10 == 9:
+        return "and then"  # no noun at all: GV pads every prompt with the caption
+    return f"a {NOUNS[i % 8]} next to a {NOUNS[(i + 3) % 8]} under the {NOUNS[(i + 5) % 8]}"
+
+
+def jpeg(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (SIZE, SIZE), colour(i)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def key_of(i: int) -> str:
+    return f"{i // 100:05d}{i % 100:04d}"
+
+
+def write_shards(d: Path, n: int, per_shard: int = 12, corrupt=(), no_image=()) -> list[str]:
+    """img2dataset's layout: NNNNN.tar with <key>.jpg/.txt/.json, plus the per-shard files it writes beside."""
+    d.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for s in range(0, n, per_shard):
+        with tarfile.open(d / f"{s // per_shard:05d}.tar", "w") as tf:
+            for i in range(s, min(n, s + per_shard)):
+                k = key_of(i)
+                keys.append(k)
+                members = {"txt": caption_of(i).encode(), "json": json.dumps({"key": k, "status": "success"}).encode()}
+                if i not in no_image:
+                    members["jpg"] = b"\xff\xd8\xff\xe0 not really a jpeg" * 4 if i in corrupt else jpeg(i)
+                for ext in ("jpg", "txt", "json"):
+                    if ext in members:
+                        info = tarfile.TarInfo(f"{k}.{ext}")
+                        info.size = len(members[ext])
+                        tf.addfile(info, io.BytesIO(members[ext]))
+        (d / f"{s // per_shard:05d}_stats.json").write_text("{}")
+    return keys
+
+
+def archive_row(i: int, n_concepts: int = 5) -> dict:
+    rng = np.random.default_rng(i)
+    ids = rng.choice(40, n_concepts, replace=False).astype(np.int32)
+    scores = np.sort(rng.random(n_concepts).astype(np.float32))[::-1]
+    return {"key": key_of(i), "caption": caption_of(i), "caption_concept_ids": ids[:1].tolist(),
+            "concept_ids": ids.tolist(), "concepts": [f"concept{c}" for c in ids],
+            "naive_scores": scores[::-1].copy().tolist(), "t2v_scores": scores.tolist(),
+            "cluster_ids": [j % 3 for j in range(n_concepts)], "neighbour_keys": []}
+
+
+def write_arch(d: Path, rows: list[dict], variant: str = "cocu", per_file: int = 10, **cur) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = CurationConfig(variant=variant, **cur)
+    if not rows:
+        write_archive(d / "00000.parquet", pa.Table.from_pylist([], schema=ARCHIVE_SCHEMA), archive_metadata(cfg, "enc"))
+    for s in range(0, len(rows), per_file):
+        part = [dict(r) for r in rows[s:s + per_file]]
+        if variant != "cocu":
+            for r in part:
+                r["cluster_ids"] = None
+        write_archive(d / f"{s // per_file:05d}.parquet", pa.Table.from_pylist(part, schema=ARCHIVE_SCHEMA),
+                      archive_metadata(cfg, "enc"))
+    return d
+
+
+def tcfg(**kw) -> TrainConfig:
+    base = {"batch_size": 8, "augment": "deit", "templates": "full80", "seed": 3, "num_workers": 0}
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """30 samples in 3 shards (sample 4 corrupt); archive rows for samples 0..25 plus 2 keys of no sample."""
+    root = tmp_path_factory.mktemp("traindata")
+    write_shards(root / "shards", 30, corrupt={4})
+    rows = [archive_row(i) for i in range(26)]
+    rows[7]["concepts"], rows[7]["concept_ids"] = rows[7]["concepts"][:2], rows[7]["concept_ids"][:2]
+    for col in ("naive_scores", "t2v_scores", "cluster_ids"):
+        rows[7][col] = rows[7][col][:2]
+    rows[8].update(concepts=[], concept_ids=[], naive_scores=[], t2v_scores=[], cluster_ids=[])
+    rows += [{**archive_row(90), "key": "elsewhere1"}, {**archive_row(91), "key": "elsewhere2"}]
+    write_arch(root / "cocu", rows, "cocu")
+    write_arch(root / "v3", rows, "v3", naive_sampling="topk")
+    return root
+
+
+def all_batches(data: TrainData, epoch: int = 0, start: int = 0) -> list[TrainBatch]:
+    return list(data.batches(epoch, start))
+
+
+def same(a: list[TrainBatch], b: list[TrainBatch]) -> bool:
+    return len(a) == len(b) and all(
+        x.keys == y.keys and x.texts == y.texts and x.skipped == y.skipped and x.step == y.step
+        and torch.equal(x.images, y.images) for x, y in zip(a, b))
+
+
+def test_join_by_key_skip_counts_and_corrupt_image(world):
+    data = TrainData(world / "shards", world / "cocu", "cocu", SIZE, tcfg(batch_size=13))
+    assert data.n_samples == 26 and data.steps_per_epoch == 2
+    assert data.skipped_at_index == {"no_archive_row": 4}
+    assert set(data.keys.tolist()) == {key_of(i) for i in range(26)}
+    seen, skipped = [], {}
+    for b in data.batches(0):
+        assert b.images.shape == (len(b), 3, SIZE, SIZE) and b.images.dtype == torch.float32
+        assert len(b.texts) == len(b.keys) == len(b)
+        for k, t in zip(b.keys, b.texts):
+            assert t[0] == caption_of(int(k[:5]) * 100 + int(k[5:])) and len(t) == 4
+        seen += b.keys
+        for r, n in b.skipped.items():
+            skipped[r] = skipped.get(r, 0) + n
+    assert skipped == {"corrupt_image": 1} and key_of(4) not in seen
+    assert len(seen) == 25 and len(set(seen)) == 25  # every usable sample once, the broken one skipped
+
+
+def test_images_belong_to_their_keys_and_are_normalised(world):
+    data = TrainData(world / "shards", None, "baseline", SIZE, tcfg(augment="none", batch_size=10))
+    assert data.n_samples == 30 and data.skipped_at_index == {}
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    for b in data.batches(0):
+        for k, img in zip(b.keys, b.images):
+            i = int(k[:5]) * 100 + int(k[5:])
+            rgb = (img * std + mean).mean(dim=(1, 2)) * 255
+            assert torch.allclose(rgb, torch.tensor(colour(i), dtype=torch.float32), atol=3), (k, rgb)
+
+
+def test_missing_image_member_is_left_out_at_index_time(tmp_path):
+    write_shards(tmp_path / "shards", 10, no_image={2, 5})
+    data = TrainData(tmp_path / "shards", None, "baseline", SIZE, tcfg(batch_size=4))
+    assert data.n_samples == 8 and data.skipped_at_index == {"missing_image": 2}
+    assert key_of(2) not in data.keys.tolist()
+
+
+def test_clear_errors(world, tmp_path):
+    shards = world / "shards"
+    with pytest.raises(TrainDataError, match="none of the 2 keys .* different runs"):
+        TrainData(shards, write_arch(tmp_path / "other", [{**archive_row(1), "key": "zz1"}, {**archive_row(2), "key": "zz2"}]),
+                  "cocu", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="empty"):
+        TrainData(shards, write_arch(tmp_path / "empty", []), "cocu", SIZE, tcfg())
+    (tmp_path / "nofiles").mkdir()
+    with pytest.raises(TrainDataError, match="no archive shards"):
+        TrainData(shards, tmp_path / "nofiles", "cocu", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="archive folder not found"):
+        TrainData(shards, tmp_path / "missing", "cocu", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="no webdataset shards"):
+        TrainData(tmp_path / "nofiles", None, "baseline", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="shard folder not found"):
+        TrainData(tmp_path / "missing", None, "baseline", SIZE, tcfg())
+    (tmp_path / "emptytar").mkdir()
+    tarfile.open(tmp_path / "emptytar" / "00000.tar", "w").close()
+    with pytest.raises(TrainDataError, match="hold no samples"):
+        TrainData(tmp_path / "emptytar", None, "baseline", SIZE, tcfg())
+    (tmp_path / "badtar").mkdir()
+    (tmp_path / "badtar" / "00000.tar").write_bytes(b"garbage" * 100)
+    with pytest.raises(TrainDataError, match=r"00000.tar: not a readable tar"):
+        TrainData(tmp_path / "badtar", None, "baseline", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="curated as 'v3'"):
+        TrainData(shards, world / "v3", "cocu", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="needs a concept archive"):
+        TrainData(shards, None, "topk-release", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="not divisible by 3"):
+        TrainData(shards, None, "baseline", SIZE, tcfg(), rank=0, world_size=3)
+    with pytest.raises(TrainDataError, match="fewer than one global batch"):
+        TrainData(shards, world / "cocu", "cocu", SIZE, tcfg(batch_size=32))
+    data = TrainData(shards, world / "cocu", "cocu", SIZE, tcfg())
+    with pytest.raises(TrainDataError, match="start_step 4"):
+        data.batches(0, 4)
+
+
+def test_determinism_resume_ranks_and_workers(world):
+    args = (world / "shards", world / "cocu", "cocu", SIZE)
+    one = TrainData(*args, tcfg())
+    e0 = all_batches(one, 0)
+    assert [b.step for b in e0] == [0, 1, 2] and sum(len(b) + sum(b.skipped.values()) for b in e0) == 24
+    assert same(e0, all_batches(TrainData(*args, tcfg()), 0))  # same seed, same batches
+    e1 = all_batches(one, 1)
+    assert [b.keys for b in e1] != [b.keys for b in e0]  # a new order each epoch
+    assert not same(all_batches(TrainData(*args, tcfg(seed=4)), 0), e0)
+    assert same(all_batches(one, 1, start=2), e1[2:]) and all_batches(one, 1, start=3) == []  # exact resume
+    ranks = [all_batches(TrainData(*args, tcfg(), rank=r, world_size=2), 1) for r in (0, 1)]
+    for g, a, b in zip(e1, *ranks):
+        assert a.keys + b.keys == g.keys and a.texts + b.texts == g.texts and a.step == b.step == g.step
+        assert torch.equal(torch.cat([a.images, b.images]), g.images)
+        assert {k: a.skipped.get(k, 0) + b.skipped.get(k, 0) for k in g.skipped} == g.skipped
+    assert same(all_batches(TrainData(*args, tcfg(num_workers=2)), 1), e1)  # worker processes change nothing
+
+
+def test_augmentation_leaves_the_callers_rng_alone(world):
+    data = TrainData(world / "shards", world / "cocu", "cocu", SIZE, tcfg())
+    torch.manual_seed(123)
+    np.random.seed(5)
+    state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    batches = all_batches(data, 0)
+    assert torch.equal(torch.get_rng_state(), state) and np.array_equal(np.random.get_state()[1], np_state)
+    # and augmentation is random: one sample's crops differ between epochs
+    k = batches[0].keys[0]
+    later = [b.images[b.keys.index(k)] for b in all_batches(data, 1) if k in b.keys][0]
+    assert not torch.equal(later, batches[0].images[0])
+
+
+def _fill(template_set: str, concept: str) -> set[str]:
+    return {t.replace("{}", concept) for t in get_templates(template_set)}
+
+
+def test_topk_release_is_top3_by_score_with_simple_template_and_padding(world):
+    data = TrainData(world / "shards", world / "cocu", "topk-release", SIZE, tcfg(templates="simple"))
+    keys = data.keys.tolist()
+    for i in (0, 3, 7, 8):
+        row = archive_row(i)
+        j = keys.index(key_of(i))
+        texts = data.texts_for(0, j)
+        cap = caption_of(i)
+        if i == 7:  # two concepts: padded with the caption
+            expected = [f"a photo of a {c}." for c in row["concepts"][:2]] + [cap]
+        elif i == 8:  # none
+            expected = [cap] * 3
+        else:
+            order = np.argsort(-np.asarray(row["t2v_scores"]), kind="stable")[:3]
+            expected = [f"a photo of a {row['concepts'][o]}." for o in order]
+        assert texts == [cap, *expected]
+        assert data.texts_for(5, j) == texts  # deterministic across epochs
+
+
+def test_baseline_uses_caption_nouns_with_full80_templates(world):
+    data = TrainData(world / "shards", None, "baseline", SIZE, tcfg())
+    keys = data.keys.tolist()
+    for i in (0, 1, 9, 12):
+        j = keys.index(key_of(i))
+        cap = caption_of(i)
+        texts = data.texts_for(0, j)
+        assert texts[0] == cap and len(texts) == 4
+        nouns = caption_nouns(cap)
+        if not nouns:
+            assert texts[1:] == [cap] * 3
+            continue
+        assert nouns == [NOUNS[i % 8], NOUNS[(i + 3) % 8], NOUNS[(i + 5) % 8]]
+        got = []
+        for p in texts[1:]:
+            hits = [n for n in nouns if p in _fill("full80", n)]
+            assert len(hits) == 1, p
+            got.append(hits[0])
+        assert sorted(got) == sorted(nouns)  # all three nouns, without replacement
+    # template draws vary: across epochs one caption gets different sentences
+    j = keys.index(key_of(0))
+    assert len({tuple(data.texts_for(e, j)[1:]) for e in range(6)}) > 1
+
+
+def test_cocu_draws_clusters_anew_each_epoch_and_v3_reads_archive_sampling(world):
+    data = TrainData(world / "shards", world / "cocu", "cocu", SIZE, tcfg(templates="simple"))
+    keys = data.keys.tolist()
+    j = keys.index(key_of(3))
+    row = archive_row(3)
+    draws = set()
+    for e in range(12):
+        prompts = data.texts_for(e, j)[1:]
+        names = [p[len("a photo of a "):-1] for p in prompts]
+        assert set(names) <= set(row["concepts"])
+        assert len({row["cluster_ids"][row["concepts"].index(n)] for n in names}) == 3  # one per cluster
+        draws.add(tuple(names))
+    assert len(draws) > 1
+    # the sampler is the curation's ConceptSampler fed by the per-sample generator
+    d = data._samples
+    entry = d.entry(j)
+    rng = d.sample_seeds(4, j)[1]
+    picks = ConceptSampler("cocu", k=3).sample_indices(entry, rng)
+    assert [f"a photo of a {entry.concepts[p]}." for p in picks] == data.texts_for(4, j)[1:]
+
+    v3 = TrainData(world / "shards", world / "v3", "v3", SIZE, tcfg(templates="simple"))  # archive says topk
+    j3 = v3.keys.tolist().index(key_of(3))
+    assert {tuple(v3.texts_for(e, j3)[1:]) for e in range(4)} == {
+        tuple(f"a photo of a {c}." for c in row["concepts"][:3])}
+    weighted = TrainData(world / "shards", world / "v3", "v3", SIZE, tcfg(templates="simple"),
+                         k_sample_cfg=CurationConfig(variant="v3", naive_sampling="weighted"))
+    assert len({tuple(weighted.texts_for(e, j3)[1:]) for e in range(12)}) > 1
+
+
+def test_k_prompts_and_index_cache(world, tmp_path):
+    data = TrainData(world / "shards", world / "cocu", "cocu", SIZE, tcfg(k_prompts=5, augment="crop_flip"),
+                     index_dir=tmp_path / "idx")
+    b = next(iter(data.batches(0)))
+    assert all(len(t) == 6 for t in b.texts)  # caption + 5, sampler draws min(k_sample=3, 5), caption pads
+    assert b.images.shape[1:] == (3, SIZE, SIZE)
+    cached = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    assert cached == ["00000.index.parquet", "00001.index.parquet", "00002.index.parquet"]
+    a, c = index_shards(world / "shards"), index_shards(world / "shards", tmp_path / "idx")
+    assert a.keys.tolist() == c.keys.tolist() and np.array_equal(a.img_off, c.img_off)
+
+
+def test_crop_flip_is_reproducible_per_sample(world):
+    args = (world / "shards", world / "cocu", "cocu", SIZE)
+    g = all_batches(TrainData(*args, tcfg(augment="crop_flip")), 2)
+    parts = [all_batches(TrainData(*args, tcfg(augment="crop_flip"), rank=r, world_size=4), 2) for r in range(4)]
+    for s, gb in enumerate(g):
+        assert torch.equal(torch.cat([p[s].images for p in parts]), gb.images)
+
+
+def test_randaugment_full_magnitude_posterize_does_not_raise():
+    # timm's PosterizeIncreasing at magnitude 10 asks Pillow for 0 bits, which Pillow >= 10 refuses
+    img = Image.new("RGB", (SIZE, SIZE), (200, 100, 50))
+    assert posterize_compat(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert posterize_compat(img, 8) is img and posterize_compat(img, 2).getpixel((0, 0)) == (192, 64, 0)
+    tf = build_transform("deit", SIZE, tcfg(rand_augment="rand-m10-n3-mstd0-inc1"))
+    import random
+    for s in range(60):
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        assert tf(img).shape == (3, SIZE, SIZE)
