@@ -102,7 +102,7 @@ def test_out_of_range_values_follow_mmseg():
     n = 5
     preds, labels = [], []
     for _ in range(4):
-        y = rng.integers(0, n + 2, size=(30, 40))  # n, n+1: labels out of range but not ignored
+        y = rng.integers(-1, n + 2, size=(30, 40))  # -1, n, n+1: labels out of range but not ignored
         y[:, :5] = 255
         p = rng.integers(-1, n + 3, size=(30, 40))  # negative and too-large predictions
         preds.append(p)

@@ -89,7 +89,8 @@ def metrics_from_matrix(mat: np.ndarray) -> SegMetrics:
 class ConfusionMatrix:
     """Pixel counts (ground truth x prediction) summed over images on the model's device.
 
-    ``update`` costs one ``bincount`` over ``label * (n+1) + pred`` with no host sync of its own;
+    ``update`` costs one ``bincount`` over ``label * (n+1) + pred`` (ignored pixels land in spare bins,
+    so no boolean indexing and no host sync of its own);
     ``results`` copies the small matrix to the host once. ``matrix`` is the raw (n+1)^2 tensor, for an
     all-reduce across ranks before ``results``.
     """
@@ -115,14 +116,16 @@ class ConfusionMatrix:
                              "resize predictions to the label's size first")
         if p.is_floating_point() or y.is_floating_point():
             raise ValueError("pred and label must hold integer class ids (take argmax of logits first)")
-        n1 = self.n_classes + 1
-        p = p.reshape(-1).long()
-        y = y.reshape(-1).long()
-        p = torch.where((p >= 0) & (p < self.n_classes), p, self.n_classes)
-        valid = y != self.ignore_index
-        y = torch.where((y >= 0) & (y < self.n_classes), y, self.n_classes)
-        idx = torch.where(valid, y * n1 + p, n1 * n1)  # ignored pixels go to one spare bin, dropped below
-        self.matrix += torch.bincount(idx, minlength=n1 * n1 + 1)[: n1 * n1]
+        n, n1 = self.n_classes, self.n_classes + 1
+        p = p.reshape(-1).to(torch.int32)  # int32 halves memory traffic; ids stay far below 2**31 / n1
+        y = y.reshape(-1).to(torch.int32)
+        pc = p.clamp(-1, n)
+        pc.masked_fill_(pc < 0, n)  # predictions outside [0, n) -> column n
+        yc = y.clamp(-1, n)
+        yc.masked_fill_(yc < 0, n)  # labels outside [0, n) but not ignored -> row n
+        yc.masked_fill_(y == self.ignore_index, n1)  # ignored -> row n+1: spare bins, dropped below
+        counts = torch.bincount(yc * n1 + pc, minlength=n1 * n1 + n1)
+        self.matrix += counts[: n1 * n1]
 
     def merge(self, other: "ConfusionMatrix") -> None:
         """Why: sum accumulators from several workers or devices."""
