@@ -9,6 +9,7 @@ from PIL import Image
 
 from cocu_core.config import EVAL_DATASETS, ToyWorldConfig
 from cocu_core.evaluation.datasets import (
+    COCO_OBJECT_CLASSES,
     COCO_THING_IDS,
     DATASETS,
     ClassificationFolder,
@@ -151,7 +152,7 @@ def test_coco_object_converted_pngs(tmp_path):
 
 
 def _coco_categories():
-    names = get_dataset.__globals__["COCO_OBJECT_CLASSES"][1:]
+    names = COCO_OBJECT_CLASSES[1:]
     return [{"id": cid, "name": n, "supercategory": "x"} for cid, n in zip(COCO_THING_IDS, names)]
 
 
