@@ -178,7 +178,10 @@ TRAIN_VARIANTS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release")
 class TrainConfig(_Section):
     """GroupViT pre-training with the multi-label loss fed by curated concepts (GV `configs/default.yml`)."""
 
-    model: str = Field("groupvit-toy", description="Registered model config (`groupvit-s` is the paper's; `cocu model list`).")
+    model: str = Field("groupvit-toy", description="Registered model config (`groupvit-s` is the paper's, `groupvit-toy` ours).")
+    model_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Fields of the named model config to change, e.g. {drop_path_rate: 0.0}."
+    )
     variant: Optional[Literal["baseline", "v1", "v2", "v3", "cocu", "topk-release"]] = Field(
         None,
         description=(

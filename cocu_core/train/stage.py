@@ -1,0 +1,156 @@
+"""The training stage: download shards (+ a variant's concept archives) -> GroupViT checkpoint, cached and resumable.
+
+Layout of ``out_dir`` (``<workdir>/train/<variant>``)::
+
+    checkpoints/step_NNNNNNNN.pt   the newest few step checkpoints (resume points)
+    final.pt                       the trained model (+ optimiser state, curve) when training ended
+    loss_curve.csv, loss_curve.png the loss curve (total, image-text, multi-label)
+    train_report.json              steps, samples, skips, first/last loss, images/s
+    state.json                     present while a run is unfinished: the cache key its checkpoints belong to
+    manifest.json                  inputs fingerprint, config fields, counts (written last)
+
+The cache key is the shards' and archives' fingerprints plus the training fields that change results:
+changing a training setting retrains without re-curating; runtime fields (processes, threads,
+device, checkpoint interval) do not retrain.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from cocu_core.config import PipelineConfig, fingerprint
+from cocu_core.io import read_json, read_manifest, stage_is_current, write_json_atomic, write_manifest
+
+TRAIN_VERSION = 1  # bump when the same inputs and settings train differently
+RUNTIME_FIELDS = {"train.device", "train.processes", "train.nnodes", "train.threads", "train.num_workers",
+                  "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.variant"}
+# Which curated archive each training variant reads (None: the caption alone). The authors' release ranks the
+# full method's archive (vision-driven + T2V) and takes its top concepts.
+ARCHIVE_FOR: dict[str, Optional[str]] = {"baseline": None, "v1": "v1", "v2": "v2", "v3": "v3", "cocu": "cocu",
+                                         "topk-release": "cocu"}
+
+
+class TrainStageError(FileNotFoundError):
+    """An input of the training stage is missing; the message says which stage to run."""
+
+
+def train_fields(cfg: PipelineConfig) -> dict[str, Any]:
+    """Why: the training settings that change the trained model, and nothing else."""
+    names = [f"train.{k}" for k in type(cfg.train).model_fields]
+    return cfg.fields_for([n for n in names if n not in RUNTIME_FIELDS])
+
+
+def train_variant(cfg: PipelineConfig, variant: Optional[str] = None) -> str:
+    """Why: `--variant`, else `train.variant`, else the curation variant."""
+    return variant or cfg.train.variant or cfg.curation.variant
+
+
+def train_dir_for(cfg: PipelineConfig, variant: Optional[str] = None) -> Path:
+    """Why: each variant's model lives beside the others, so an ablation never overwrites."""
+    return cfg.workpath / "train" / train_variant(cfg, variant)
+
+
+def _stage_key(stage_dir: Path, what: str) -> str:
+    m = read_manifest(stage_dir)
+    if not m:
+        raise TrainStageError(f"no finished {what} in {stage_dir}; run the earlier stages first (`cocu run`)")
+    return m["cache_key"]
+
+
+def train_inputs(cfg: PipelineConfig, variant: str) -> tuple[Path, Optional[Path], str]:
+    """Why: the shards and archives a variant trains on, and one fingerprint over both."""
+    download = cfg.workpath / "download"
+    parts = {"download": _stage_key(download, "download stage"), "version": TRAIN_VERSION, "variant": variant}
+    archive_variant = ARCHIVE_FOR[variant]
+    archive_dir = None
+    if archive_variant:
+        archive_dir = cfg.workpath / "curate" / archive_variant
+        shard_dirs = sorted(archive_dir.glob("shard_*")) if archive_dir.is_dir() else []
+        if not shard_dirs:
+            raise TrainStageError(
+                f"training variant '{variant}' needs the '{archive_variant}' concept archives in {archive_dir}; "
+                f"curate them first: cocu run -c CONFIG --set curation.variant={archive_variant}")
+        parts["archives"] = {d.name: _stage_key(d, f"curation shard ({archive_variant})") for d in shard_dirs}
+    return download / "shards", archive_dir, fingerprint(parts)
+
+
+def train_stage(cfg: PipelineConfig, variant: Optional[str] = None, out_dir: Optional[Path] = None,
+                resume: bool = True, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """Why: train (or reuse) the GroupViT of one variant; resumes a killed run from its newest checkpoint."""
+    variant = train_variant(cfg, variant)
+    out = Path(out_dir) if out_dir else train_dir_for(cfg, variant)
+    shards, archives, inputs = train_inputs(cfg, variant)
+    fields = train_fields(cfg)
+    key = fingerprint({"inputs": inputs, "config": fields})
+    if stage_is_current(out, inputs, fields):
+        return {**read_json(out / "train_report.json"), "cached": True, "dir": str(out)}
+    state = out / "state.json"
+    if out.exists() and (not resume or not state.is_file() or read_json(state).get("cache_key") != key):
+        shutil.rmtree(out)  # checkpoints of other inputs or settings: not resumable
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(state, {"cache_key": key})
+    (out / "manifest.json").unlink(missing_ok=True)
+    world = cfg.train.processes * cfg.train.nnodes
+    if world > 1:
+        report = _launch_torchrun(cfg, shards, archives, out, variant, log, progress)
+    else:
+        from cocu_core.train.loop import train_loop
+
+        report = train_loop(cfg, shards, archives, out, variant, resume=True, log=log, progress=progress)
+    counts = {k: report[k] for k in ("steps", "samples", "first_loss", "last_loss", "seconds", "images_per_s")}
+    counts["skipped"] = sum(report["skipped"].values())
+    write_manifest(out, "train", inputs, fields, counts, {"variant": variant, "checkpoint": str(out / "final.pt")})
+    state.unlink(missing_ok=True)
+    return {**report, "cached": False, "dir": str(out)}
+
+
+def torchrun_command(cfg: PipelineConfig, spec_path: Path) -> list[str]:
+    """Why: one process per device on this node; several nodes rendezvous at MASTER_ADDR:MASTER_PORT."""
+    tc = cfg.train
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tc.processes}", f"--nnodes={tc.nnodes}"]
+    if tc.nnodes == 1:
+        cmd.append("--standalone")
+    else:
+        addr = os.environ.get("MASTER_ADDR")
+        if not addr:
+            raise ValueError("train.nnodes > 1 needs MASTER_ADDR (and MASTER_PORT, NODE_RANK) set on every node")
+        cmd += [f"--node_rank={os.environ.get('NODE_RANK', '0')}", f"--master_addr={addr}",
+                f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
+    return cmd + ["-m", "cocu_core.train.worker", str(spec_path)]
+
+
+def _launch_torchrun(cfg: PipelineConfig, shards: Path, archives: Optional[Path], out: Path, variant: str,
+                     log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    """Why: several processes (gloo on CPU, nccl on GPU) through torchrun; its output reaches our log."""
+    spec = out / "torchrun_spec.json"
+    write_json_atomic(spec, {"config": cfg.model_dump(mode="json"), "shards_dir": str(shards),
+                             "archive_dir": str(archives) if archives else None, "out_dir": str(out),
+                             "variant": variant, "resume": True, "progress": False})
+    cmd = torchrun_command(cfg, spec)
+    log("train: " + " ".join(cmd))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, cfg.train.threads or 1))}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    tail: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-40:]
+            if line:
+                log(line)
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: take the whole torchrun group down with us
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun exited with code {proc.returncode}:\n" + "\n".join(tail))
+    return read_json(out / "train_report.json")
