@@ -18,7 +18,7 @@ from cocu_core.model import (
     get_config,
     list_models,
 )
-from cocu_core.model.text import tokenize
+from cocu_core.model.text import length_buckets, tokenize
 
 torch.set_num_threads(1)
 
@@ -169,11 +169,7 @@ def test_text_crop_at_eot_is_exact(toy):
     text = toy.text
     with torch.no_grad():
         got = text(tokens)
-        # Reference: the whole context, no crop.
-        x = text.token_embedding(tokens) + text.positional_embedding
-        for blk in text.blocks:
-            x = blk(x, causal=True)
-        ref = text.ln_final(x[torch.arange(2), tokens.argmax(-1)])
+        ref = _full_context_reference(text, tokens)  # the whole context, no crop
         # Tokens after the EOT cannot change the EOT state (causal attention).
         noisy = tokens.clone()
         noisy[0, 4:] = torch.randint(1, 40000, (28,))
@@ -181,6 +177,44 @@ def test_text_crop_at_eot_is_exact(toy):
         got_noisy = text(noisy)
     assert torch.allclose(got, ref, atol=1e-5)
     assert torch.allclose(got_noisy[0], got[0], atol=1e-5)
+
+
+def _full_context_reference(text, tokens):
+    x = text.token_embedding(tokens) + text.positional_embedding[: tokens.shape[1]]
+    for blk in text.blocks:
+        x = blk(x, causal=True)
+    return text.ln_final(x[torch.arange(tokens.shape[0]), tokens.argmax(-1)])
+
+
+def test_length_buckets():
+    lengths = torch.tensor([3, 20, 4, 3, 5, 19, 3, 4])
+    plan = length_buckets(lengths)
+    assert [length for _, length in plan] == [5, 20]
+    assert plan[0][0].tolist() == [0, 2, 3, 4, 6, 7] and plan[1][0].tolist() == [1, 5]
+    assert length_buckets(torch.tensor([7, 7, 7])) == [(None, 7)]
+    assert length_buckets(torch.tensor([9, 10, 10, 8])) == [(None, 10)]  # saving too small to split
+
+
+def test_text_buckets_match_full_context_forward_and_backward(toy):
+    """Captions next to short prompts run as two cropped groups; values and gradients equal the plain forward."""
+    toy.train()
+    caps = ["a photo of a dog running across a wide green field on a sunny day", "a cat", "two boats"]
+    prompts = ["a photo of a dog.", "itap of a cat.", "a bad photo of the boat.", "art of the tree."] * 3
+    tokens = toy.tokenize(caps + prompts)
+    assert len(length_buckets(tokens.argmax(-1) + 1)) == 2
+    text = toy.text
+    got = text(tokens)
+    w = torch.randn_like(got)
+    (got * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in text.named_parameters()}
+    text.zero_grad(set_to_none=True)
+    ref = _full_context_reference(text, tokens)
+    (ref * w).sum().backward()
+    assert torch.allclose(got, ref, atol=1e-5)
+    for n, p in text.named_parameters():
+        assert torch.allclose(grads[n], p.grad, rtol=1e-4, atol=1e-5 * float(p.grad.abs().max())), n
+    text.zero_grad(set_to_none=True)
+    toy.eval()
 
 
 def test_tokenize_truncates_keeping_eot(toy):

@@ -2,13 +2,14 @@
 
 Causal pre-norm blocks with QuickGELU, final LayerNorm, pooled at the EOT token (the largest token id).
 Because attention is causal, nothing after a sequence's EOT can change its EOT state: the forward pass
-crops the batch to its longest EOT position, which is exact and saves most of the work on short captions.
+crops the batch to its longest EOT position (and, when it pays, runs short and long sequences as two
+separately cropped groups), which is exact and saves most of the work on short captions and prompts.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -80,9 +81,44 @@ class TextTransformer(nn.Module):
         if tokens.shape[1] > self.context_length:
             raise ValueError(f"text of {tokens.shape[1]} tokens exceeds the context length {self.context_length}")
         eot = tokens.argmax(dim=-1)
-        length = int(eot.max()) + 1 if tokens.shape[0] else 1  # causal: later positions cannot reach the EOT
-        x = self.token_embedding(tokens[:, :length]) + self.positional_embedding[:length]
+        if tokens.shape[0] == 0:
+            return self.ln_final(self.token_embedding(tokens[:, :0]).sum(1))
+        plan = length_buckets(eot.cpu() + 1)
+        if len(plan) == 1:
+            return self._encode(tokens[:, : plan[0][1]], eot)
+        outs, order = [], []
+        for idx, length in plan:
+            idx = idx.to(tokens.device)
+            outs.append(self._encode(tokens[idx, :length], eot[idx]))
+            order.append(idx)
+        return torch.cat(outs)[torch.argsort(torch.cat(order))]
+
+    def _encode(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """Why: the transformer on (n, length) ids already cropped past every EOT; LayerNorm on EOT rows only."""
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
         for blk in self.blocks:
             x = blk(x, causal=True)
-        x = x[torch.arange(x.shape[0], device=x.device), eot]
-        return self.ln_final(x)
+        return self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot])
+
+
+def length_buckets(lengths: torch.Tensor, min_saving: float = 0.25) -> list[tuple[Optional[torch.Tensor], int]]:
+    """Why: split a batch into (short, long) sequences when cropping each to its own longest saves enough.
+
+    Causal attention makes every sequence independent of the padding after its EOT, so any grouping is
+    exact. Captions next to short prompts (the multi-label input) typically halve the text work this way.
+    Returns [(None, L)] for one crop of the whole batch, else [(indices, L_short), (indices, L_long)].
+    """
+    longest = int(lengths.max())
+    n = lengths.numel()
+    values, counts = torch.unique(lengths, return_counts=True)
+    if values.numel() < 2:
+        return [(None, longest)]
+    below = torch.cumsum(counts, 0)[:-1]  # sequences no longer than values[i], for a split after value i
+    cost = below * values[:-1] + (n - below) * longest
+    best = int(torch.argmin(cost))
+    if float(cost[best]) > (1.0 - min_saving) * n * longest:
+        return [(None, longest)]
+    cut = int(values[best])
+    short = torch.nonzero(lengths <= cut).flatten()
+    long = torch.nonzero(lengths > cut).flatten()
+    return [(short, cut), (long, longest)]

@@ -9,7 +9,6 @@ a later stage start at zero and are added to a MixerMlp of the previous stage's 
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -276,10 +275,3 @@ def compose_assignments(attn_soft: Sequence[torch.Tensor]) -> torch.Tensor:
         out = torch.bmm(a, out)
     return out
 
-
-def pos_grid_side(num_positions: int) -> int:
-    """Why: a stored square position grid's side, refusing anything that is not a square."""
-    side = math.isqrt(num_positions)
-    if side * side != num_positions:
-        raise ValueError(f"position embedding of {num_positions} entries is not a square grid")
-    return side
