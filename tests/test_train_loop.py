@@ -127,8 +127,10 @@ def test_ddp_two_gloo_processes_match_one_process(data, tmp_path):
     a, b = curve(tmp_path / "one"), curve(tmp_path / "two")
     assert len(a) == len(b) == 5
     assert b[0]["loss"] == pytest.approx(a[0]["loss"], abs=1e-5)  # same weights, same global batch
-    for x, y in zip(a[1:], b[1:]):  # after optimiser steps: float reduction order differs slightly
-        assert y["loss"] == pytest.approx(x["loss"], abs=2e-3)
+    # step 2 holds the corrupt image: the ranks' batches are 4 and 3 rows, still the global batch's loss;
+    # after optimiser steps float reduction order differs slightly
+    for x, y in zip(a[1:], b[1:]):
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-3)
 
 
 def test_stage_cache_key_and_bad_inputs(data, tmp_path):

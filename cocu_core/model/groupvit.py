@@ -19,7 +19,7 @@ from torch import nn
 from cocu_core.model.layers import ACTIVATIONS
 from cocu_core.model.registry import register_model
 from cocu_core.model.text import TextTransformer, tokenize
-from cocu_core.model.vision import VisionTransformer
+from cocu_core.model.vision import AssignAttention, VisionTransformer
 
 LOGIT_SCALE_MAX = 100.0
 
@@ -46,6 +46,7 @@ class GroupViTConfig:
     assign_mlp_ratio: tuple[float, float] = (0.5, 4.0)
     assign_eps: float = 1.0
     gumbel_tau: float = 1.0
+    gumbel: bool = True  # GV's GroupingBlock(gumbel=...): Gumbel noise on the train-mode hard assignment
     qkv_bias: bool = True
     drop_path_rate: float = 0.1
     vision_act: str = "gelu"
@@ -175,6 +176,9 @@ class GroupViT(nn.Module):
         self.text_proj = projection_head(c.text_width, c.proj_hidden, c.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
         self.multi_label_logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
+        for m in self.visual.modules():
+            if isinstance(m, AssignAttention):
+                m.gumbel = c.gumbel
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.LongTensor:
         """Why: CLIP BPE ids at this model's context length (CPU tensor; move it with the images)."""

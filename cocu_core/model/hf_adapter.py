@@ -30,7 +30,7 @@ TORCH_NAME = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 _EXTRA_CONFIG = "cocu_config"
 _EXTRA_ML_SCALE = "cocu_multi_label_logit_scale"
-_KEEP_FROM_EXTRA = ("name", "drop_path_rate", "gumbel_tau")  # fields HF has no slot for
+_KEEP_FROM_EXTRA = ("name", "drop_path_rate", "gumbel_tau", "gumbel")  # fields HF has no slot for
 
 
 class HFGroupViTError(ValueError):

@@ -41,6 +41,7 @@ class AssignAttention(nn.Module):
         self.scale = dim ** -0.5
         self.assign_eps = assign_eps
         self.gumbel_tau = gumbel_tau
+        self.gumbel = True  # off: train mode takes the plain hard argmax (GV's gumbel=False)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -51,7 +52,7 @@ class AssignAttention(nn.Module):
         """Why: (B, G, C) merged tokens, plus the plain-softmax and the hard assignments (B, G, N) on request."""
         k, v = self.kv(key).chunk(2, dim=-1)
         raw = torch.bmm(self.q(query), k.transpose(1, 2)) * self.scale
-        if self.training:
+        if self.training and self.gumbel:
             soft = F.softmax((raw + gumbel_noise(raw)) / self.gumbel_tau, dim=-2)
         else:
             soft = F.softmax(raw, dim=-2)
@@ -60,7 +61,7 @@ class AssignAttention(nn.Module):
         out = self.proj(torch.bmm(attn, v))
         if not return_attn:
             return out, None, None
-        plain = F.softmax(raw, dim=-2) if self.training else soft
+        plain = F.softmax(raw, dim=-2) if self.training and self.gumbel else soft
         return out, plain, hard
 
 

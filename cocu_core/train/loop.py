@@ -150,9 +150,10 @@ def train_loop(cfg: PipelineConfig, shards_dir: Path, archive_dir: Optional[Path
                 skipped[k] = skipped.get(k, 0) + v
             images, texts = batch.images, batch.texts
             n = len(texts)
-            fewest = torch.tensor(float(n), device=env.device)
+            fewest, total = torch.tensor(float(n), device=env.device), torch.tensor(float(n), device=env.device)
             if env.world_size > 1:  # the losses gather unequal batches, but every rank must take the step
                 torch.distributed.all_reduce(fewest, op=torch.distributed.ReduceOp.MIN)
+                torch.distributed.all_reduce(total)
             in_epoch += 1
             if fewest.item() < 1:  # every sample of some rank's slice was broken: skip the step everywhere
                 global_step += 1
@@ -164,6 +165,10 @@ def train_loop(cfg: PipelineConfig, shards_dir: Path, archive_dir: Optional[Path
             with autocast_for(env.device, tc.precision):
                 out = wrapped(images, tokens)
                 loss, parts = total_loss(out, tc.multi_label_weight)
+                if env.world_size > 1:  # weight each rank's mean by its rows: DDP's average is the global batch's mean
+                    weight = n * env.world_size / total.item()
+                    loss = loss * weight
+                    parts = {k: float(v) * weight for k, v in parts.items()}
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at step {global_step} (epoch {epoch}); lower train.lr")
             optimizer.zero_grad(set_to_none=True)
