@@ -39,6 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 from cocu_core.model import GroupViT, create_model  # noqa: E402
 from cocu_core.model.hf_adapter import hf_config_dict, hf_state_dict  # noqa: E402
 
+CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: process CPU seconds (robust on a shared machine)
 DEFAULT_BATCH = {"groupvit-toy": 32, "groupvit-s": 8}
 VARIANTS = ("hf", "ours-same", "ours-cocu")
 K_PROMPTS = 3
@@ -131,10 +132,10 @@ def build(name: str, variant: str, batch: int, device: str, optimizer: str, seed
     def step() -> float:
         """Returns the seconds spent in forward + loss + backward (the rest is the AdamW step)."""
         opt.zero_grad(set_to_none=True)
-        t = time.perf_counter()
+        t = CLOCK()
         loss_fn().backward()
         sync(device)
-        fb = time.perf_counter() - t
+        fb = CLOCK() - t
         opt.step()
         return fb
 
@@ -168,16 +169,18 @@ def time_interleaved(name: str, batch: int, device: str, optimizer: str, steps: 
     fbs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     peak: dict[str, float] = {}
     for i in range(warmup + steps):
-        for v, step in runs.items():
+        order = list(runs)[i % len(runs):] + list(runs)[: i % len(runs)]  # rotate: no variant always runs first
+        for v in order:
+            step = runs[v]
             if device.startswith("cuda"):
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
             sync(device)
-            t = time.perf_counter()
+            t = CLOCK()
             fb = step()
             sync(device)
             if i >= warmup:
-                times[v].append(time.perf_counter() - t)
+                times[v].append(CLOCK() - t)
                 fbs[v].append(fb)
             if device.startswith("cuda"):
                 peak[v] = max(peak.get(v, 0.0), (torch.cuda.max_memory_allocated() - base) / 2**20)
@@ -235,16 +238,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--optimizer", choices=("default", "foreach", "fused"), default="default",
                     help="AdamW implementation, the same for every variant (default: what the trainer builds)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed seconds; cpu: this process's CPU seconds (use with --threads 1 on a busy machine)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global CLOCK
+        CLOCK = time.process_time
     if args.worker:
         rss_worker(args.config[0], args.worker, args.batch or DEFAULT_BATCH.get(args.config[0], 8), args.optimizer,
                    args.steps)
         return
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"AdamW {args.optimizer}, {args.steps} timed steps after {args.warmup} warm-up, interleaved")
     for name in args.config:
         batch = args.batch or DEFAULT_BATCH.get(name, 8)

@@ -4,6 +4,7 @@ Causal pre-norm blocks with QuickGELU, final LayerNorm, pooled at the EOT token 
 Because attention is causal, nothing after a sequence's EOT can change its EOT state: the forward pass
 crops the batch to its longest EOT position (and, when it pays, runs short and long sequences as two
 separately cropped groups), which is exact and saves most of the work on short captions and prompts.
+Repeated texts in a batch are encoded once (the projection head after this tower still sees every row).
 """
 
 from __future__ import annotations
@@ -80,9 +81,16 @@ class TextTransformer(nn.Module):
             raise ValueError(f"text tokens must be (N, L), got shape {tuple(tokens.shape)}")
         if tokens.shape[1] > self.context_length:
             raise ValueError(f"text of {tokens.shape[1]} tokens exceeds the context length {self.context_length}")
-        eot = tokens.argmax(dim=-1)
         if tokens.shape[0] == 0:
             return self.ln_final(self.token_embedding(tokens[:, :0]).sum(1))
+        unique, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+        if unique.shape[0] < tokens.shape[0]:  # repeated texts (e.g. a caption padding empty prompt slots)
+            return self._forward_distinct(unique)[inverse]
+        return self._forward_distinct(tokens)
+
+    def _forward_distinct(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Why: crop (or split into two crops) past the EOTs, then run the blocks."""
+        eot = tokens.argmax(dim=-1)
         plan = length_buckets(eot.cpu() + 1)
         if len(plan) == 1:
             return self._encode(tokens[:, : plan[0][1]], eot)
