@@ -129,9 +129,20 @@ def _setup_toyworld(p: argparse.ArgumentParser) -> None:
     _with_config(p)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show each stage of a config: done / stale / missing, its outputs, and why it is stale."""
+    from cocu_core.status import format_status, pipeline_status
+
+    cfg = _load(args)
+    rows = pipeline_status(cfg)
+    print(format_status(rows, cfg))
+    return 0
+
+
 command("toyworld", _setup_toyworld)(cmd_toyworld)
 command("doctor", lambda p: None)(cmd_doctor)
 command("config", lambda p: _with_config(p, required=True))(cmd_config)
+command("status", lambda p: _with_config(p, required=True))(cmd_status)
 
 
 PLUGINS = ("cocu_core.encoder.cli", "cocu_core.train.cli", "cocu_core.evaluation.cli")

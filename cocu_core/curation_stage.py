@@ -49,13 +49,18 @@ def benchmark_classes(cfg: PipelineConfig) -> list[str]:
     return [n for n in names if n.lower() not in ("background", "__background__")]
 
 
+def vocabulary_inputs_fp(embed_key: str, classes: Sequence[str]) -> str:
+    """Why: the vocabulary's inputs key (embeddings + benchmark classes), shared with `cocu status`."""
+    return fingerprint({"embed": embed_key, "classes": list(classes)})
+
+
 def vocabulary_stage(embed_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, Any]:
     """Why: build the concept vocabulary once from the corpus's captions (plus benchmark classes)."""
     from cocu_core.concepts.vocabulary import build_vocabulary, write_vocabulary
 
     classes = benchmark_classes(cfg)
     fields = cfg.fields_for(VOCAB_FIELDS)
-    inputs = fingerprint({"embed": _manifest_fp(embed_dir), "classes": classes})
+    inputs = vocabulary_inputs_fp(_manifest_fp(embed_dir), classes)
     if stage_is_current(out_dir, inputs, fields):
         return {**read_json(out_dir / "report.json"), "cached": True}
     t0 = time.time()
@@ -126,6 +131,11 @@ def shard_names(data: CurationData) -> list[str]:
     return [str(s) for s in sorted(set(data.shards.tolist()))]
 
 
+def shard_inputs_fp(upstream_fp: str, shard: str) -> str:
+    """Why: one shard archive's inputs key, shared with `cocu status`."""
+    return fingerprint({"upstream": upstream_fp, "shard": shard})
+
+
 def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: PipelineConfig, upstream_fp: str,
                        encoder_id: str, image_index=None, caption_index=None,
                        variant: Optional[str] = None) -> dict[str, Any]:
@@ -135,7 +145,7 @@ def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: Pipel
     ccfg = cfg.curation if variant is None else cfg.curation.model_copy(update={"variant": variant})
     fields = cfg.model_copy(update={"curation": ccfg}).fields_for(CURATE_FIELDS)
     shard_dir = out_dir / f"shard_{shard}"
-    inputs = fingerprint({"upstream": upstream_fp, "shard": shard})
+    inputs = shard_inputs_fp(upstream_fp, shard)
     if stage_is_current(shard_dir, inputs, fields):
         return {**read_manifest(shard_dir)["counts"], "shard": shard, "cached": True}
     t0 = time.time()
@@ -232,13 +242,24 @@ def examples_markdown(archive_dir: Path, toy_split_dir: Path, data: CurationData
 
 def curation_upstream_fp(cfg: PipelineConfig, encoder_id: str) -> str:
     """Why: a shard's archive depends on the embeddings, the vocabulary, the indexes and the encoder."""
+    return curation_upstream_key({d: _manifest_fp(cfg.workpath / d) for d in ("embed", "vocabulary", "index")},
+                                 encoder_id)
+
+
+def curation_upstream_key(stage_keys: dict[str, str], encoder_id: str) -> str:
+    """Why: the curation upstream key from the embed/vocabulary/index cache keys, shared with `cocu status`."""
     from cocu_core.curation.archive import ALGORITHM_VERSION
 
-    return fingerprint({"upstream": {d: _manifest_fp(cfg.workpath / d) for d in ("embed", "vocabulary", "index")},
+    return fingerprint({"upstream": {d: stage_keys[d] for d in ("embed", "vocabulary", "index")},
                         "encoder": encoder_id, "algorithm": ALGORITHM_VERSION})
 
 
 GAP_FIELDS = ["curation.n_neighbours", "curation.max_ngram", "encoder.templates"]
+
+
+def gap_inputs_fp(upstream_fp: str, world_fp: str) -> str:
+    """Why: the semantic-gap report's inputs key, shared with `cocu status`."""
+    return fingerprint({"upstream": upstream_fp, "toyworld": world_fp})
 
 
 def gap_report_stage(data: CurationData, cfg: PipelineConfig, encoder_id: str, image_index=None,
@@ -246,8 +267,8 @@ def gap_report_stage(data: CurationData, cfg: PipelineConfig, encoder_id: str, i
     """Why: the toy world's semantic-gap table, recomputed only when its inputs or fields change."""
     out = cfg.workpath / "reports" / "semantic_gap"
     fields = cfg.fields_for(GAP_FIELDS)
-    inputs = fingerprint({"upstream": curation_upstream_fp(cfg, encoder_id),
-                          "toyworld": read_json(cfg.workpath / "toyworld" / "world.json")["fingerprint"]})
+    inputs = gap_inputs_fp(curation_upstream_fp(cfg, encoder_id),
+                           read_json(cfg.workpath / "toyworld" / "world.json")["fingerprint"])
     if stage_is_current(out, inputs, fields):
         return read_json(out / "semantic_gap.json")["rows"], True
     gt, named = toy_ground_truth(cfg.workpath / "toyworld" / "train")

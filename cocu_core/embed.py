@@ -105,6 +105,11 @@ def read_part(part: Path, shard: str, dim_hint: int = 0) -> tuple[np.ndarray, np
     return img, txt, table
 
 
+def embed_inputs_fp(download_key: str, encoder_fingerprint: str) -> str:
+    """Why: the embed stage's inputs key (download + encoder + embedder version), shared with `cocu status`."""
+    return fingerprint({"download": download_key, "encoder": encoder_fingerprint, "embedder": EMBED_VERSION})
+
+
 def embed_stage(
     download_dir: str | Path,
     out_dir: str | Path,
@@ -125,7 +130,7 @@ def embed_stage(
     dl = read_download_manifest(download_dir)
     out = Path(out_dir)
     fields = cfg.fields_for(EMBED_FIELDS)
-    inputs_fp = fingerprint({"download": dl["cache_key"], "encoder": encoder_fingerprint, "embedder": EMBED_VERSION})
+    inputs_fp = embed_inputs_fp(dl["cache_key"], encoder_fingerprint)
     if stage_is_current(out, inputs_fp, fields):
         m = read_json(out / "manifest.json")
         return {**m["counts"], **m.get("report", {}), "cached": True}

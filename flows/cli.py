@@ -7,24 +7,97 @@ live with the flows and are added to the same command registry (`cocu_core.cli.c
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from cocu_core import cli as core_cli
 from cocu_core.cli import _load, _with_config, command
 
+FORCE_AFTER_S = 60  # a flow that has not stopped this long after Ctrl-C is killed with its whole tree
+
+
+def _setup_run(p: argparse.ArgumentParser) -> None:
+    _with_config(p, required=True)
+    p.add_argument("--only", metavar="STAGE", default=None, help="run only this stage (its inputs must exist)")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", default=None,
+                   help="run this stage and every later one")
+
+
+def flow_command(args: argparse.Namespace) -> list[str]:
+    """Why: the child command line that runs the flow (`python -m flows.run`) with this command's options."""
+    cmd = [sys.executable, "-m", "flows.run", "--config", str(Path(args.config).resolve())]
+    for item in args.set or []:
+        cmd += ["--set", item]
+    if args.only:
+        cmd += ["--only", args.only]
+    if args.from_stage:
+        cmd += ["--from", args.from_stage]
+    return cmd
+
+
+def _stop(proc: subprocess.Popen, config: str) -> int:
+    """Why: first Ctrl-C: ask the flow to stop (it records the interrupted stage and says so); a second
+    Ctrl-C, or no exit within FORCE_AFTER_S, kills the flow's whole process tree."""
+    from cocu_core.proc import kill_group
+
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=FORCE_AFTER_S)
+        return 130
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        kill_group(proc.pid)
+        proc.wait()
+    from flows.run import interrupted_line
+
+    stage = None
+    try:
+        import json
+
+        cfg_state = Path(_load_workdir(config)) / "run_state.json"
+        stage = json.loads(cfg_state.read_text()).get("stage") if cfg_state.is_file() else None
+    except (OSError, ValueError):
+        pass
+    print(interrupted_line(stage, config) + " (stopped by force)", file=sys.stderr, flush=True)
+    return 130
+
+
+def _load_workdir(config: str) -> Path:
+    from cocu_core.config import load_config
+
+    return load_config(config).workpath
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the `cocu_pipeline` Prefect flow for a config (cached stages are skipped; a rerun resumes)."""
-    _load(args)  # a config mistake is one clear line before Prefect starts
-    from flows.pipeline import cocu_pipeline
+    from cocu_core.proc import tree_env
+    from cocu_core.stages import preflight, select_stages
 
-    result = cocu_pipeline(config_path=str(Path(args.config).resolve()), overrides=list(args.set or []))
-    print(result.get("summary", "") if isinstance(result, dict) else result)
-    return 0
+    cfg = _load(args)
+    if "download" in select_stages(cfg, args.only, args.from_stage):  # mistakes: one line, before Prefect starts
+        preflight(cfg)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = tree_env({"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    # Own session: the terminal's Ctrl-C reaches only this process, which forwards it (see flows/run.py);
+    # the child and everything it starts die with this process if it is killed (PDEATHSIG, cocu_core/proc.py).
+    proc = subprocess.Popen(flow_command(args), env=env, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return _stop(proc, args.config)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            from cocu_core.proc import kill_group
+
+            kill_group(proc.pid)
+            proc.wait()
 
 
-command("run", lambda p: _with_config(p, required=True))(cmd_run)
+command("run", _setup_run)(cmd_run)
 
 
 def main(argv: list[str] | None = None) -> int:
