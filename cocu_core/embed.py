@@ -7,10 +7,14 @@ Layout of ``out_dir`` (``<workdir>/embed``)::
     text_emb.npy      (N, D) float32, L2-normalised caption embeddings; row i <-> metadata row i
     metadata.parquet  row, key (webdataset key: the stable sample id), sample_id (the list's id,
                       e.g. the toy world key), caption, url, shard; sorted by key
-    manifest.json
+    manifest.json     counts, and ``shard_rows``: each shard's row range [start, end)
 
 A shard's part is written under a temporary name and renamed when complete, so a killed run
-redoes only unfinished shards.
+redoes only unfinished shards. Memory is bounded by one shard: the parts are checked from their
+headers first (a truncated or misaligned part fails naming its file, before anything is written),
+then streamed shard by shard into the final arrays, which later stages memory-map
+(:func:`open_embeddings`). img2dataset keys start with the shard number, so sorting each shard by
+key gives the global key order; the assembly checks that it does.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ import pyarrow.parquet as pq
 from cocu_core.config import PipelineConfig, fingerprint
 from cocu_core.data.download import read_download_manifest, shard_name
 from cocu_core.proc import run_module
-from cocu_core.io import atomic_path, read_json, stage_is_current, write_manifest, write_parquet_atomic
+from cocu_core.io import (SCHEMA_VERSION_KEY, atomic_path, read_json, read_manifest, stage_is_current,
+                          write_manifest)
 
 EMBED_FIELDS = ["encoder.model", "encoder.pretrained"]
-RUNTIME_FIELDS = ["encoder.inference_batch_size", "encoder.num_workers"]
+RUNTIME_FIELDS = ["encoder.inference_batch_size", "encoder.num_workers", "encoder.distribution_strategy",
+                  "encoder.inference_options"]
 EMBED_VERSION = 2  # bump when the same model and shards embed differently (2: models forced into eval mode)
+EMBED_LAYOUT = 2  # bump when the files the stage assembles change (2: streamed, shard row ranges in the manifest)
 METADATA_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -41,6 +48,11 @@ METADATA_SCHEMA = pa.schema(
         ("shard", pa.string()),
     ]
 )
+ARRAYS = {"image": "img_emb.npy", "caption": "text_emb.npy"}
+
+
+class EmbeddingFileError(ValueError):
+    """An embedding or metadata file that is truncated, misaligned or inconsistent; the message names it."""
 
 
 def save_npy_atomic(path: str | Path, arr: np.ndarray) -> None:
@@ -58,14 +70,19 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / n
 
 
-def embed_shard(tar: Path, out: Path, clip_model: str, batch_size: int, num_workers: int) -> None:
-    """Why: run the real clip-retrieval inference on one webdataset shard into `out`."""
+def _clip_inference():
     from cocu_core.compat import ensure_torchvision
 
     ensure_torchvision()
     from clip_retrieval.clip_inference.main import main as clip_inference
 
-    clip_inference(
+    return clip_inference
+
+
+def embed_shard(tar: Path, out: Path, clip_model: str, batch_size: int, num_workers: int,
+                options: Optional[dict[str, Any]] = None) -> None:
+    """Why: run the real clip-retrieval inference on one webdataset shard into `out`."""
+    _clip_inference()(
         input_dataset=str(tar),  # a plain string: clip-retrieval brace-expands it (a list would break)
         output_folder=str(out),
         input_format="webdataset",
@@ -78,22 +95,110 @@ def embed_shard(tar: Path, out: Path, clip_model: str, batch_size: int, num_work
         use_jit=False,
         output_partition_count=1,
         enable_wandb=False,
+        **(options or {}),
     )
+
+
+def embed_shards_grouped(tars: Sequence[Path], out: Path, clip_model: str, batch_size: int, num_workers: int,
+                         strategy: str = "sequential", options: Optional[dict[str, Any]] = None) -> list[Path]:
+    """Why: one clip-retrieval call over many shards, one output partition per shard, so its own distributors
+    (pyspark executors, slurm nodes) spread the shards; returns each shard's part folder under `out`."""
+    tars = [Path(t) for t in tars]
+    if len({t.parent for t in tars}) != 1:
+        raise ValueError("grouped embedding needs the shards of one folder")
+    names = [t.stem for t in tars]
+    pattern = str(tars[0]) if len(tars) == 1 else f"{tars[0].parent}/{{{','.join(names)}}}.tar"
+    raw = out / "_clip_retrieval"
+    _clip_inference()(
+        input_dataset=pattern, output_folder=str(raw), input_format="webdataset", enable_text=True,
+        enable_image=True, enable_metadata=True, batch_size=batch_size, num_prepro_workers=num_workers,
+        clip_model=clip_model, use_jit=False, output_partition_count=len(tars), enable_wandb=False,
+        distribution_strategy=strategy, **(options or {}),
+    )
+    width = int(np.log10(len(tars))) + 1  # clip-retrieval's zero padding of partition ids
+    parts = []
+    for i, name in enumerate(names):  # partition i reads the i-th tar of the pattern (its Sampler: index % count)
+        part = out / name
+        part.mkdir(parents=True, exist_ok=True)
+        for sub, stem, ext in (("img_emb", "img_emb", "npy"), ("text_emb", "text_emb", "npy"),
+                               ("metadata", "metadata", "parquet")):
+            src = raw / sub / f"{stem}_{str(i).zfill(width)}.{ext}"
+            if src.is_file():
+                (part / sub).mkdir(exist_ok=True)
+                src.rename(part / sub / f"{stem}_0.{ext}")
+        parts.append(part)
+    return parts
+
+
+def npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Why: shape and dtype of a .npy without reading it, refusing a file shorter or longer than its header says."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise EmbeddingFileError(f"embedding file missing: {p}") from None
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise EmbeddingFileError(f"{p} is not a readable .npy file ({type(exc).__name__}: {exc})") from None
+    if fortran or len(shape) != 2:
+        raise EmbeddingFileError(f"{p}: expected a C-ordered 2-d array, got shape {shape}")
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    size = p.stat().st_size
+    if size != expected:
+        raise EmbeddingFileError(f"{p} is truncated or corrupt: {size} bytes, its header ({shape[0]} x {shape[1]} "
+                                 f"{dtype}) needs {expected}; re-run the stage that wrote it")
+    return shape, dtype
+
+
+def open_npy(path: str | Path) -> np.ndarray:
+    """Why: a checked, read-only memory map: pages come from the file (the kernel may drop them), not the heap."""
+    shape, _ = npy_header(path)
+    if shape[0] == 0:
+        return np.load(path)
+    return np.load(path, mmap_mode="r")
+
+
+def part_files(part: Path) -> tuple[Path, Path, Path]:
+    """Why: where clip-retrieval puts one shard's image, text and metadata outputs."""
+    return part / "img_emb/img_emb_0.npy", part / "text_emb/text_emb_0.npy", part / "metadata/metadata_0.parquet"
+
+
+def check_part(part: Path, shard: str) -> tuple[int, int]:
+    """Why: (rows, dim) of one shard's clip-retrieval output from headers only; a truncated file, or arrays and
+    metadata of different lengths, fail here naming the file, before the stage writes anything."""
+    img_f, txt_f, meta_f = part_files(part)
+    if not meta_f.is_file():  # a shard with no decodable sample: clip-retrieval writes nothing
+        return 0, 0
+    (ni, di), _ = npy_header(img_f)
+    (nt, dt), _ = npy_header(txt_f)
+    try:
+        nm = pq.read_metadata(meta_f).num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise EmbeddingFileError(f"{meta_f} is not a readable Parquet file ({exc})") from None
+    if not (ni == nt == nm):
+        worst = img_f if ni != nm else txt_f
+        raise EmbeddingFileError(f"clip-retrieval output of shard {shard} is misaligned: {worst} has "
+                                 f"{ni if worst == img_f else nt} rows, {meta_f} has {nm}; delete {part} and re-run embed")
+    if di != dt:
+        raise EmbeddingFileError(f"shard {shard}: image ({img_f}) and text ({txt_f}) embeddings differ in width: {di} vs {dt}")
+    return ni, di
 
 
 def read_part(part: Path, shard: str, dim_hint: int = 0) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     """Why: one shard's embeddings and metadata, checked to be aligned row by row."""
-    img_f, txt_f, meta_f = part / "img_emb/img_emb_0.npy", part / "text_emb/text_emb_0.npy", part / "metadata/metadata_0.parquet"
-    if not meta_f.is_file():  # a shard with no decodable sample: clip-retrieval writes nothing
+    img_f, txt_f, meta_f = part_files(part)
+    if not meta_f.is_file():
         empty = np.zeros((0, dim_hint), np.float32)
         return empty, empty, METADATA_SCHEMA.empty_table().drop(["row"])
+    check_part(part, shard)
     img, txt = np.load(img_f), np.load(txt_f)
     meta = pq.read_table(meta_f)
-    if not (len(img) == len(txt) == meta.num_rows):
-        raise RuntimeError(f"clip-retrieval output for shard {shard} is misaligned: {len(img)}/{len(txt)}/{meta.num_rows} rows")
     keys = meta.column("image_path").to_pylist()
     if "key" in meta.column_names and keys != meta.column("key").to_pylist():
-        raise RuntimeError(f"clip-retrieval metadata for shard {shard}: image_path and key columns disagree")
+        raise EmbeddingFileError(f"{meta_f}: image_path and key columns disagree")
     cols = meta.column_names
     table = pa.table({
         "key": pa.array(keys, pa.string()),
@@ -107,7 +212,80 @@ def read_part(part: Path, shard: str, dim_hint: int = 0) -> tuple[np.ndarray, np
 
 def embed_inputs_fp(download_key: str, encoder_fingerprint: str) -> str:
     """Why: the embed stage's inputs key (download + encoder + embedder version), shared with `cocu status`."""
-    return fingerprint({"download": download_key, "encoder": encoder_fingerprint, "embedder": EMBED_VERSION})
+    return fingerprint({"download": download_key, "encoder": encoder_fingerprint, "embedder": EMBED_VERSION,
+                        "layout": EMBED_LAYOUT})
+
+
+def _part_key(download_key: str, encoder_fingerprint: str, fields: dict[str, Any]) -> str:
+    """Why: a part is reusable whenever the same model embedded the same shard, whatever the assembled layout."""
+    inputs = fingerprint({"download": download_key, "encoder": encoder_fingerprint, "embedder": EMBED_VERSION})
+    return fingerprint({"inputs": inputs, "config": fields})
+
+
+def _metadata_schema(clip_model: str) -> pa.Schema:
+    from cocu_core import __version__
+
+    return METADATA_SCHEMA.with_metadata({SCHEMA_VERSION_KEY: b"1", b"cocu.code_version": __version__.encode(),
+                                          b"cocu.clip_model": clip_model.encode()})
+
+
+def _open_output(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Why: the final array is written in place, shard by shard (numpy cannot map an empty file: save it whole)."""
+    if shape[0] * shape[1] == 0:
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(shape, np.float32))
+        return np.zeros(shape, np.float32)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+
+def assemble_parts(parts: Path, shards: Sequence[str], out: Path, clip_model: str) -> dict[str, Any]:
+    """Why: parts -> the row-aligned arrays and metadata, one shard in memory at a time, all-or-nothing.
+
+    Returns the row count, width and each shard's row range [start, end)."""
+    sizes = {s: check_part(parts / s, s) for s in shards}
+    dims = {d for n, d in sizes.values() if n}
+    if len(dims) > 1:
+        raise EmbeddingFileError(f"the parts in {parts} have different embedding widths {sorted(dims)}: "
+                                 "they come from different encoders; delete them and re-run embed")
+    dim = dims.pop() if dims else 0
+    n = sum(r for r, _ in sizes.values())
+    shard_rows: dict[str, list[int]] = {}
+    schema = _metadata_schema(clip_model)
+    with atomic_path(out / ARRAYS["image"]) as tmp_img, atomic_path(out / ARRAYS["caption"]) as tmp_txt, \
+            atomic_path(out / "metadata.parquet") as tmp_meta:
+        img_all, txt_all = (_open_output(t, (n, dim)) for t in (tmp_img, tmp_txt))
+        last_key: Optional[str] = None
+        last_shard = ""
+        row = 0
+        with pq.ParquetWriter(tmp_meta, schema) as writer:
+            for s in shards:
+                img, txt, meta = read_part(parts / s, s, dim)
+                k = len(img)
+                shard_rows[s] = [row, row + k]
+                if not k:
+                    continue
+                keys = meta.column("key").to_pylist()
+                order = np.argsort(np.array(keys, dtype=object), kind="stable")
+                sk = [keys[i] for i in order]
+                dup = [a for a, b in zip(sk, sk[1:]) if a == b]
+                if dup:
+                    raise EmbeddingFileError(f"duplicate sample keys {dup[:5]} in shard {s} ({parts / s}); "
+                                             "the download shards are inconsistent")
+                if last_key is not None and sk[0] <= last_key:
+                    raise EmbeddingFileError(f"shard {s} starts with key {sk[0]!r}, not after shard {last_shard}'s "
+                                             f"last key {last_key!r}: keys must be unique and grouped by shard "
+                                             "(img2dataset keys are); the download shards are inconsistent")
+                img_all[row:row + k] = l2_normalise(img)[order]
+                txt_all[row:row + k] = l2_normalise(txt)[order]
+                table = meta.take(pa.array(order, pa.int64()))
+                table = table.add_column(0, "row", pa.array(np.arange(row, row + k), pa.int64()))
+                writer.write_table(table.cast(METADATA_SCHEMA).replace_schema_metadata(schema.metadata))
+                last_key, last_shard, row = sk[-1], s, row + k
+        for arr in (img_all, txt_all):
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        del img_all, txt_all
+    return {"rows": n, "dim": dim, "shard_rows": shard_rows}
 
 
 def embed_stage(
@@ -135,17 +313,18 @@ def embed_stage(
         m = read_json(out / "manifest.json")
         return {**m["counts"], **m.get("report", {}), "cached": True}
 
-    part_key = fingerprint({"inputs": inputs_fp, "config": fields})
+    part_key = _part_key(dl["cache_key"], encoder_fingerprint, fields)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     n_shards = int(dl["n_shards"])
+    names = [shard_name(i) for i in range(n_shards)]
     shards_dir = Path(download_dir) / "shards"
     t0 = time.time()
     pending = []
-    for i in range(n_shards):
-        marker = parts / shard_name(i) / "done.json"
+    for name in names:
+        marker = parts / name / "done.json"
         if not (marker.is_file() and read_json(marker).get("part_key") == part_key):
-            pending.append(shard_name(i))
+            pending.append(name)
     done, redone = n_shards - len(pending), len(pending)
     if pending:
         if log:
@@ -153,49 +332,78 @@ def embed_stage(
         bar = tqdm(total=n_shards, initial=done, desc="embed: shards", unit="shard", disable=not progress, leave=False)
 
         def poll() -> None:
-            bar.n = sum((parts / s / "done.json").is_file() for s in [shard_name(i) for i in range(n_shards)])
+            bar.n = sum((parts / s / "done.json").is_file() for s in names)
             bar.refresh()
 
         spec = {"parts_dir": str(parts.resolve()), "shards_dir": str(shards_dir.resolve()), "shards": pending,
                 "clip_model": clip_model, "part_key": part_key, "batch_size": cfg.encoder.inference_batch_size,
-                "num_workers": cfg.encoder.num_workers, "model_configs": [str(p) for p in model_configs]}
+                "num_workers": cfg.encoder.num_workers, "model_configs": [str(p) for p in model_configs],
+                "distribution_strategy": cfg.encoder.distribution_strategy,
+                "inference_options": dict(cfg.encoder.inference_options)}
         try:
             run_module("cocu_core.embed_runner", spec, out / "embed_spec.json", out / "clip_inference.log", poll)
         finally:
             bar.close()
     infer_s = time.time() - t0
-    imgs, txts, metas = [], [], []
-    for i in range(n_shards):
-        img, txt, meta = read_part(parts / shard_name(i), shard_name(i))
-        imgs.append(img), txts.append(txt), metas.append(meta)
-    dim = max((a.shape[1] for a in imgs if a.ndim == 2 and a.shape[0]), default=0)
-    img_all = l2_normalise(np.concatenate([a.reshape(-1, dim) for a in imgs]) if dim else np.zeros((0, 0)))
-    txt_all = l2_normalise(np.concatenate([a.reshape(-1, dim) for a in txts]) if dim else np.zeros((0, 0)))
-    meta_all = pa.concat_tables(metas) if metas else METADATA_SCHEMA.empty_table().drop(["row"])
-    order = np.argsort(np.array(meta_all.column("key").to_pylist(), dtype=object), kind="stable") if meta_all.num_rows else np.zeros(0, int)
-    img_all, txt_all = img_all[order], txt_all[order]
-    meta_all = meta_all.take(pa.array(order, pa.int64()))
-    meta_all = meta_all.add_column(0, "row", pa.array(np.arange(meta_all.num_rows), pa.int64()))
-    keys = meta_all.column("key").to_pylist()
-    if len(set(keys)) != len(keys):
-        raise RuntimeError("duplicate sample keys in the embeddings; the download shards are inconsistent")
-    save_npy_atomic(out / "img_emb.npy", img_all)
-    save_npy_atomic(out / "text_emb.npy", txt_all)
-    write_parquet_atomic(out / "metadata.parquet", meta_all, METADATA_SCHEMA, 1, {"clip_model": clip_model})
+    (out / "manifest.json").unlink(missing_ok=True)  # the arrays are about to change: not current until rewritten
+    asm = assemble_parts(parts, names, out, clip_model)
+    n, dim = asm["rows"], asm["dim"]
     expected = int(dl["counts"]["success"])
-    report = {"embedded": len(keys), "downloaded": expected, "skipped_unreadable": expected - len(keys), "dim": dim,
+    report = {"embedded": n, "downloaded": expected, "skipped_unreadable": expected - n, "dim": dim,
               "shards": n_shards, "shards_reused": done, "shards_embedded": redone, "seconds": round(infer_s, 2),
-              "samples_per_s": round(len(keys) / infer_s, 1) if redone and infer_s > 0 else None}
+              "samples_per_s": round(n / infer_s, 1) if redone and infer_s > 0 else None,
+              "assemble_seconds": round(time.time() - t0 - infer_s, 2)}
     if log:
-        log(f"embed: {len(keys)} samples x {dim} dims from {n_shards} shards ({done} reused) in {infer_s:.1f}s")
-    write_manifest(out, "embed", inputs_fp, fields, counts={"embedded": len(keys), "dim": dim, "shards": n_shards},
-                   extra={"report": report, "clip_model": clip_model, "runtime": cfg.fields_for(RUNTIME_FIELDS)})
+        log(f"embed: {n} samples x {dim} dims from {n_shards} shards ({done} reused) in {infer_s:.1f}s")
+    write_manifest(out, "embed", inputs_fp, fields, counts={"embedded": n, "dim": dim, "shards": n_shards},
+                   extra={"report": report, "clip_model": clip_model, "runtime": cfg.fields_for(RUNTIME_FIELDS),
+                          "shard_rows": asm["shard_rows"]})
     return {**report, "cached": False}
 
 
-def load_embeddings(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray, pa.Table]:
-    """Why: later stages read (img_emb, text_emb, metadata) together and trust their alignment."""
+def embed_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """Why: later stages need a finished embed stage; fail clearly when there is none."""
+    m = read_manifest(out_dir)
+    if not m:
+        raise FileNotFoundError(f"no finished embed stage in {out_dir}; run the embed stage first")
+    return m
+
+
+def open_embeddings(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Why: (image, caption) embeddings memory-mapped, checked against each other and the metadata's row count."""
     out = Path(out_dir)
-    if not (out / "manifest.json").is_file():
-        raise FileNotFoundError(f"no finished embed stage in {out}; run the embed stage first")
-    return np.load(out / "img_emb.npy"), np.load(out / "text_emb.npy"), pq.read_table(out / "metadata.parquet")
+    embed_manifest(out)
+    img, txt = open_npy(out / ARRAYS["image"]), open_npy(out / ARRAYS["caption"])
+    meta_f = out / "metadata.parquet"
+    try:
+        rows = pq.read_metadata(meta_f).num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise EmbeddingFileError(f"{meta_f} is missing or not a readable Parquet file ({exc})") from None
+    for name, arr in (("image", img), ("caption", txt)):
+        if arr.shape[0] != rows:
+            raise EmbeddingFileError(f"{out / ARRAYS[name]} has {arr.shape[0]} rows but {meta_f} has {rows}; "
+                                     "re-run the embed stage")
+    if img.shape != txt.shape:
+        raise EmbeddingFileError(f"{out / ARRAYS['image']} {img.shape} and {out / ARRAYS['caption']} {txt.shape} differ")
+    return img, txt
+
+
+def shard_row_ranges(out_dir: str | Path) -> dict[str, tuple[int, int]]:
+    """Why: a shard's rows are one contiguous range; read from the manifest (or the shard column if absent)."""
+    m = embed_manifest(out_dir)
+    if "shard_rows" in m:
+        return {s: (int(a), int(b)) for s, (a, b) in m["shard_rows"].items() if b > a}
+    shard = pq.read_table(Path(out_dir) / "metadata.parquet", columns=["shard"]).column("shard").to_numpy(zero_copy_only=False)
+    out: dict[str, tuple[int, int]] = {}
+    for s in sorted(set(shard.tolist())):
+        idx = np.flatnonzero(shard == s)
+        if len(idx) != idx[-1] - idx[0] + 1:
+            raise EmbeddingFileError(f"{Path(out_dir) / 'metadata.parquet'}: rows of shard {s} are not contiguous")
+        out[str(s)] = (int(idx[0]), int(idx[-1]) + 1)
+    return out
+
+
+def load_embeddings(out_dir: str | Path) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """Why: later stages read (img_emb, text_emb, metadata) together and trust their alignment (arrays memory-mapped)."""
+    img, txt = open_embeddings(out_dir)
+    return img, txt, pq.read_table(Path(out_dir) / "metadata.parquet")

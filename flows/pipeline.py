@@ -117,11 +117,11 @@ def curation_stages(run: StageRun) -> None:
             print(gap["table"])
 
 
-def summary_markdown(run: StageRun, elapsed: float) -> str:
+def summary_markdown(run: StageRun, elapsed: float, flow_name: str = "cocu_pipeline") -> str:
     """Why: the run at a glance in the UI: each stage's time and cache outcome, with links to its outputs."""
     from cocu_core.stages import stage_dir
 
-    lines = [f"# cocu_pipeline '{run.cfg.name}'", "", f"Work folder: [{run.cfg.workpath}]({run.cfg.workpath.as_uri()}); "
+    lines = [f"# {flow_name} '{run.cfg.name}'", "", f"Work folder: [{run.cfg.workpath}]({run.cfg.workpath.as_uri()}); "
              f"{elapsed:.1f}s in all; {run.concurrency} task(s) at a time.", "",
              "| stage | seconds | cache | outputs |", "|---|---|---|---|"]
     for stage, secs in run.timings.items():
@@ -129,6 +129,10 @@ def summary_markdown(run: StageRun, elapsed: float) -> str:
         cached = "hit" if isinstance(r, dict) and r.get("cached") else "computed"
         d = stage_dir(run.cfg, stage)
         lines.append(f"| {stage} | {secs} | {cached} | [{d.relative_to(run.cfg.workpath)}]({d.as_uri()}) |")
+    arch = run.results.get("archives")
+    if arch:
+        d = Path(arch["dir"])
+        lines += ["", f"Archives version {arch['version']}: [{d.relative_to(run.cfg.workpath)}]({d.as_uri()})"]
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +148,13 @@ def cocu_pipeline(config_path: str = "configs/toy.yaml", overrides: Optional[lis
         preflight(cfg)
     cfg.workpath.mkdir(parents=True, exist_ok=True)
     run = StageRun(cfg, selected)
-    alone = run.threads_alone
+    execute(run)
+    return finish(run, "cocu_pipeline", t_start)
+
+
+def execute(run: StageRun) -> None:
+    """Why: the stage sequence, shared by the pipeline and the re-curation flow; unselected stages are skipped."""
+    cfg, alone = run.cfg, run.threads_alone
     run("toyworld", T.toyworld_task, cfg, alone)
     run("download", T.download_task, cfg, alone)
     run("encoder", T.encoder_task, cfg, alone)
@@ -152,13 +162,20 @@ def cocu_pipeline(config_path: str = "configs/toy.yaml", overrides: Optional[lis
     run("index", T.index_task, cfg, alone)
     run("vocabulary", T.vocabulary_task, cfg, alone)
     curation_stages(run)
+    if run.wants("curate"):
+        run.results["archives"] = T.publish_archives_task(cfg, run.results.get("download") or {})
     run("train", T.train_task, cfg, alone)
     run("evaluate", T.evaluate_task, cfg, alone)
     RUN_STATE["stage"] = None
     (cfg.workpath / "run_state.json").unlink(missing_ok=True)
+
+
+def finish(run: StageRun, flow_name: str, t_start: float) -> dict:
+    """Why: one summary line (printed by `cocu run`) and the summary artifact."""
     elapsed = time.time() - t_start
     stages = ", ".join(f"{k} {v}s{' (cached)' if isinstance(run.results.get(k), dict) and run.results[k].get('cached') else ''}"
                        for k, v in run.timings.items())
-    summary = f"cocu_pipeline '{cfg.name}' finished in {elapsed:.1f}s; outputs in {cfg.workpath}; stages: {stages}"
-    T.publish_markdown(cfg, "summary", summary_markdown(run, elapsed), "run summary")
+    summary = f"{flow_name} '{run.cfg.name}' finished in {elapsed:.1f}s; outputs in {run.cfg.workpath}; stages: {stages}"
+    T.publish_markdown(run.cfg, "summary" if flow_name == "cocu_pipeline" else "recurate-run-summary",
+                       summary_markdown(run, elapsed, flow_name), "run summary")
     return {**run.results, "summary": summary, "timings": run.timings, "seconds": round(elapsed, 1)}

@@ -328,6 +328,24 @@ def gap_report_task(cfg: PipelineConfig, data, indexes: dict, encoder_id: str, t
     return {"rows": rows, "table": table, "cached": cached}
 
 
+@task(name="publish-archives", **STAGE_TASK)
+def publish_archives_task(cfg: PipelineConfig, download: dict) -> dict:
+    """Freeze the curated archives as a numbered version (if they changed) and keep `runtime.keep_versions`."""
+    from cocu_core.curation_stage import archive_dir_for
+    from cocu_core.io import read_manifest
+    from cocu_core.versions import publish_version, version_dir, versions_root
+
+    root = versions_root(cfg.workpath, cfg.curation.variant)
+    dl = read_manifest(cfg.workpath / "download") or {}
+    rec = publish_version(archive_dir_for(cfg), root, cfg.runtime.keep_versions,
+                          {"pairs": (dl.get("counts") or {}).get("success"), "download_key": dl.get("cache_key"),
+                           "variant": cfg.curation.variant})
+    rec["dir"] = str(version_dir(root, rec["version"]))
+    if rec["new_version"]:
+        _log(f"archives: version {rec['version']} in {rec['dir']} ({rec['changes']}); pruned {rec['pruned']}")
+    return {**rec, "cached": not rec["new_version"]}
+
+
 def _train_probe(cfg: PipelineConfig, out: Path) -> Callable[[], tuple[float, str]]:
     """Why: training progress and loss from the curve the trainer writes at every checkpoint."""
     import csv

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cocu_core.config import ConfigError, PipelineConfig, fingerprint
@@ -86,6 +87,25 @@ def read_url_list(path: str | Path, input_format: str = "parquet", url_col: str 
            else pa.array([f"{i:09d}" for i in range(n)], pa.string()))
     return pa.table({"url": table.column(url_col).cast(pa.string()), "caption": table.column(caption_col).cast(pa.string()),
                      "sample_id": ids}, schema=INPUT_SCHEMA)
+
+
+def read_pair_list(path: str | Path, input_format: str = "parquet", url_col: str = "url", caption_col: str = "caption",
+                   id_col: str = "key") -> pa.Table:
+    """Why: `data.url_list` is one list, or a folder of lists read in name order (new files named to sort
+    last are appended pairs); a folder's sample ids are prefixed with their file's name, so they stay unique."""
+    p = Path(path)
+    if not p.is_dir():
+        return read_url_list(p, input_format, url_col, caption_col, id_col)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lstrip(".") == input_format
+                   and not f.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"url-list folder {p} holds no *.{input_format} file")
+    parts = []
+    for f in files:
+        t = read_url_list(f, input_format, url_col, caption_col, id_col)
+        ids = pc.binary_join_element_wise(pa.scalar(f.stem), t.column("sample_id"), "/")
+        parts.append(t.set_column(2, "sample_id", ids))
+    return pa.concat_tables(parts)
 
 
 def clean_pairs(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
@@ -197,6 +217,39 @@ def failure_reason(status: str, message: Optional[str]) -> str:
     return f"{status}: {msg[:120]}" if msg else status
 
 
+def n_shards_of(segments: list[dict[str, int]], shard_size: int) -> int:
+    """Why: every list segment starts on a shard boundary; shards end where the last segment's rows end."""
+    last = segments[-1]
+    return last["first_shard"] + math.ceil(last["rows"] / shard_size) if last["rows"] else last["first_shard"]
+
+
+def append_segments(prev: Optional[dict[str, Any]], table: pa.Table, base_url: Optional[str],
+                    fields: dict[str, Any]) -> Optional[list[dict[str, int]]]:
+    """Why: a list that grew by appended rows (same rows first, same download settings) downloads only the new
+    rows, as a new segment of shards after the finished ones; anything else is a different list (None)."""
+    if not prev or not prev.get("segments") or prev.get("config_fields") != fields:
+        return None
+    n_old = int(prev["rows"])
+    if table.num_rows <= n_old or list_fingerprint(table.slice(0, n_old), base_url) != prev["inputs_fingerprint"]:
+        return None
+    return [dict(s) for s in prev["segments"]] + [{"first_shard": int(prev["n_shards"]), "rows": table.num_rows - n_old}]
+
+
+def img2dataset_input(table: pa.Table, segments: list[dict[str, int]], shard_size: int) -> pa.Table:
+    """Why: img2dataset numbers shards by row position; padding each earlier segment to a whole number of shards
+    puts a new segment's rows at its first shard (the padding lies in finished shards, which it never reads)."""
+    parts, start = [], 0
+    for k, seg in enumerate(segments):
+        parts.append(table.slice(start, seg["rows"]))
+        start += seg["rows"]
+        if k < len(segments) - 1:
+            pad = (-seg["rows"]) % shard_size
+            if pad:
+                parts.append(pa.table({"url": [""] * pad, "caption": [""] * pad, "sample_id": [""] * pad},
+                                      schema=INPUT_SCHEMA))
+    return pa.concat_tables(parts)
+
+
 def download_stage(
     url_list: str | Path,
     out_dir: str | Path,
@@ -218,7 +271,7 @@ def download_stage(
     out = Path(out_dir)
     shards = out / "shards"
     if base_url is None:
-        raw = read_url_list(url_list, d.input_format, d.url_col, d.caption_col, id_col)
+        raw = read_pair_list(url_list, d.input_format, d.url_col, d.caption_col, id_col)
     else:  # a list we wrote against a loopback server (`write_url_list`): fixed Parquet columns
         raw = read_url_list(url_list, "parquet", "url", "caption", id_col)
     table, rejected = clean_pairs(raw)
@@ -231,24 +284,45 @@ def download_stage(
 
     cache_key = fingerprint({"inputs": fp, "config": fields})
     state = read_json(out / "state.json") if (out / "state.json").is_file() else {}
-    if state.get("cache_key") != cache_key:
-        if shards.exists():
-            shutil.rmtree(shards)  # partial shards of a different list or config: not resumable
-        (out / "manifest.json").unlink(missing_ok=True)
-        (out / JOURNAL).unlink(missing_ok=True)
+    n = table.num_rows
+    prev = read_manifest(out)
+    if state.get("cache_key") == cache_key and state.get("segments"):
+        segments, generation = state["segments"], state["generation"]  # resuming this very list
+    else:
+        segments = append_segments(prev, table, base_url, fields)
+        if segments is None:  # a new or different list (or settings): nothing is reusable
+            if shards.exists():
+                shutil.rmtree(shards)
+            (out / "manifest.json").unlink(missing_ok=True)
+            (out / JOURNAL).unlink(missing_ok=True)
+            segments, generation = [{"first_shard": 0, "rows": n}], cache_key
+        else:  # appended rows: the finished shards stay (and are trusted); leftovers of other attempts go
+            generation = prev.get("generation", prev["cache_key"])
+            old = {shard_name(i) for i in range(int(prev["n_shards"]))}
+            for f in shards.glob("*"):
+                if f.is_file() and f.name.split("_")[0].split(".")[0] not in old:
+                    f.unlink()
+            write_json_atomic(out / JOURNAL, {"shards": sorted(old)})
+            if log:
+                log(f"download: {segments[-1]['rows']} pairs appended to the list; the {prev['rows']} downloaded "
+                    "before are kept")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "state.json", {"cache_key": cache_key, "started_at": time.time()})
+    write_json_atomic(out / "state.json", {"cache_key": cache_key, "started_at": time.time(), "segments": segments,
+                                           "generation": generation})
     write_parquet_atomic(out / "input.parquet", table, INPUT_SCHEMA, 1, {"list_fingerprint": fp})
     shards.mkdir(exist_ok=True)
     dropped = _validate_done_shards(shards, read_journal(out))
-    n = table.num_rows
-    n_shards = math.ceil(n / d.shard_size) if n else 0
+    n_shards = n_shards_of(segments, d.shard_size) if n else 0
+    i2d_input = out / "input.parquet"
+    if len(segments) > 1:
+        i2d_input = out / "i2d_input.parquet"
+        write_parquet_atomic(i2d_input, img2dataset_input(table, segments, d.shard_size), INPUT_SCHEMA, 1)
     done_before = {f.name.split("_")[0] for f in shards.glob("*_stats.json")}
     resumed = len(done_before)
     t0 = time.time()
     if n and resumed < n_shards:
         spec = {
-            "url_list": str((out / "input.parquet").resolve()),
+            "url_list": str(i2d_input.resolve()),
             "input_format": "parquet",
             "url_col": "url",
             "caption_col": "caption",
@@ -283,11 +357,19 @@ def download_stage(
     rep = build_report(raw.num_rows, rejected, samples, shard_stats, elapsed, done_before, dropped)
     rep["shards_pattern"] = shards_brace(shards, n_shards)
     rep["n_shards"] = n_shards
+    new_shards = {shard_name(i) for i in range(segments[-1]["first_shard"], n_shards)}
+    new_status = [st for st, sh in zip(samples.column("status").to_pylist(), samples.column("shard").to_pylist())
+                  if sh in new_shards]
+    rep["segments"] = len(segments)
+    rep["new_pairs"] = segments[-1]["rows"]  # rows of the list not downloaded before (all of them on a fresh list)
+    rep["new_success"] = sum(st == "success" for st in new_status)
     write_json_atomic(out / "report.json", rep)
     write_manifest(out, "download", fp, fields, counts={k: rep[k] for k in ("input", "attempted", "success", "failed", "rejected")},
                    extra={"runtime": cfg.fields_for(RUNTIME_FIELDS), "n_shards": n_shards,
-                          "shards_pattern": rep["shards_pattern"]})
+                          "shards_pattern": rep["shards_pattern"], "rows": n, "segments": segments,
+                          "generation": generation})
     (out / "state.json").unlink(missing_ok=True)
+    (out / "i2d_input.parquet").unlink(missing_ok=True)
     (out / JOURNAL).unlink(missing_ok=True)
     rep["cached"] = False
     return rep

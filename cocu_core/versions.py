@@ -1,0 +1,119 @@
+"""Numbered versions of a variant's concept archives, so re-curation never pulls archives from under a reader.
+
+Layout of ``<workdir>/archives/<variant>/``::
+
+    v0001/archive_NNNNN.parquet ...   a published version (hard links to the archive files, else copies)
+    v0001/version.json                number, time, content hash per archive file, pairs, upstream keys
+    v0002/ ...
+
+Archive files are written atomically (a new file replaces the old name), so a hard link in a version
+folder keeps the old content readable after the working folder (`curate/<variant>`) is re-curated.
+A version folder is read like the working one (`ArchiveReader(version_dir)`). Only the newest
+`keep` versions are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cocu_core.io import read_json, write_json_atomic
+
+
+def versions_root(workpath: Path, variant: str) -> Path:
+    """Why: every variant keeps its own version history beside the working archives."""
+    return workpath / "archives" / variant
+
+
+def version_dir(root: Path, number: int) -> Path:
+    return root / f"v{number:04d}"
+
+
+def list_versions(root: Path) -> list[int]:
+    """Why: published versions in order (a folder counts once its version.json exists)."""
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("v") and d.name[1:].isdigit() and (d / "version.json").is_file():
+            out.append(int(d.name[1:]))
+    return sorted(out)
+
+
+def file_hash(path: Path) -> str:
+    """Why: a version records what each archive file holds, so unchanged archives are recognised."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _archive_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("archive_*.parquet") if not p.name.startswith("."))
+
+
+def _concept_rows(files: list[Path]) -> pa.Table:
+    """Why: (key, concepts joined into one string) per image, so versions compare with vectorised joins."""
+    t = pa.concat_tables([pq.read_table(f, columns=["key", "concepts"]) for f in files])
+    return pa.table({"key": t.column("key"), "c": pc.binary_join(t.column("concepts"), "\x1f")})
+
+
+def compare_archives(old_dir: Optional[Path], new_dir: Path) -> dict[str, int]:
+    """Why: what re-curation changed: archive files (shards) rewritten with other content, and old images whose
+    curated concepts differ (their neighbourhoods changed as new images arrived)."""
+    new_files = {p.name: file_hash(p) for p in _archive_files(new_dir)}
+    if old_dir is None:
+        return {"files": len(new_files), "files_changed": 0, "files_new": len(new_files), "old_images": 0,
+                "old_images_changed": 0}
+    old_files = read_json(old_dir / "version.json")["files"]
+    old = _concept_rows(_archive_files(old_dir))
+    new = _concept_rows(_archive_files(new_dir)).rename_columns(["key", "c_new"])
+    joined = old.join(new, "key", join_type="left outer")
+    differs = pc.or_kleene(pc.is_null(joined.column("c_new")), pc.not_equal(joined.column("c"), joined.column("c_new")))
+    return {"files": len(new_files),
+            "files_changed": sum(1 for n, h in new_files.items() if n in old_files and old_files[n] != h),
+            "files_new": sum(1 for n in new_files if n not in old_files), "old_images": old.num_rows,
+            "old_images_changed": int(pc.sum(pc.fill_null(differs, True)).as_py() or 0)}
+
+
+def publish_version(archive_dir: Path, root: Path, keep: int, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Why: freeze the working archives as the next version (unless identical to the latest one), report what
+    changed against the latest, and drop versions beyond the newest `keep`."""
+    files = _archive_files(archive_dir)
+    if not files:
+        raise FileNotFoundError(f"no archives to publish in {archive_dir}; run the curate stage first")
+    hashes = {p.name: file_hash(p) for p in files}
+    have = list_versions(root)
+    latest = version_dir(root, have[-1]) if have else None
+    if latest is not None and read_json(latest / "version.json")["files"] == hashes:
+        return {**read_json(latest / "version.json"), "new_version": False, "pruned": []}
+    number = (have[-1] + 1) if have else 1
+    final = version_dir(root, number)
+    tmp = root / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for p in files:
+        try:
+            os.link(p, tmp / p.name)
+        except OSError:  # another file system: copy
+            shutil.copy2(p, tmp / p.name)
+    changes = compare_archives(latest, archive_dir)
+    record = {"version": number, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": hashes,
+              "previous": have[-1] if have else None, "changes": changes, **(info or {})}
+    write_json_atomic(tmp / "version.json", record)
+    tmp.rename(final)
+    pruned = []
+    for n in list_versions(root)[:-keep]:
+        shutil.rmtree(version_dir(root, n))
+        pruned.append(n)
+    return {**record, "new_version": True, "pruned": pruned}
