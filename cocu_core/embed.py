@@ -313,7 +313,9 @@ def embed_stage(
         m = read_json(out / "manifest.json")
         return {**m["counts"], **m.get("report", {}), "cached": True}
 
-    part_key = _part_key(dl["cache_key"], encoder_fingerprint, fields)
+    # Shards of one download generation are never rewritten (rows appended to the list become new shards), so
+    # parts are keyed by the generation: when the list grows, only the new shards are embedded.
+    part_key = _part_key(dl.get("generation", dl["cache_key"]), encoder_fingerprint, fields)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     n_shards = int(dl["n_shards"])
