@@ -9,11 +9,13 @@ their eval outputs are checked to agree before timing). Variants:
 * ``ours-cocu``  - our real training step: the registered config (drop-path as registered), caption + K=3
                    prompts per image, image-text + multi-label loss (``cocu_core.train.losses`` when present).
 
-Steps are interleaved (one of each variant in turn) so load from other processes hits all alike; the
-figure is the median after warm-up. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the
+Steps are interleaved (one of each variant in turn, rotating) so load from other processes hits all alike;
+the figure is the median after warm-up (``--stat min`` for the best step). On a machine shared with other
+jobs, ``--threads 1 --clock cpu`` (this process's CPU seconds) gives figures that contention barely moves. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the
 max-RSS growth over the steps, measured per variant in its own subprocess. Run:
     .venv/bin/python benchmarks/bench_train_step.py [--config groupvit-toy groupvit-s] [--batch N]
         [--steps 5] [--warmup 2] [--device cpu] [--threads 2] [--optimizer default|foreach|fused]
+        [--clock wall|cpu] [--stat median|min] [--no-memory]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from cocu_core.model import GroupViT, create_model  # noqa: E402
 from cocu_core.model.hf_adapter import hf_config_dict, hf_state_dict  # noqa: E402
 
 CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: process CPU seconds (robust on a shared machine)
+STAT = "median"  # --stat min: best step (the uncontended cost when other processes share the cores)
 DEFAULT_BATCH = {"groupvit-toy": 32, "groupvit-s": 8}
 VARIANTS = ("hf", "ours-same", "ours-cocu")
 K_PROMPTS = 3
@@ -184,8 +187,8 @@ def time_interleaved(name: str, batch: int, device: str, optimizer: str, steps: 
                 fbs[v].append(fb)
             if device.startswith("cuda"):
                 peak[v] = max(peak.get(v, 0.0), (torch.cuda.max_memory_allocated() - base) / 2**20)
-    med = {v: statistics.median(t) for v, t in times.items()}
-    return med, {v: statistics.median(t) for v, t in fbs.items()}, peak
+    stat = statistics.median if STAT == "median" else min
+    return {v: stat(t) for v, t in times.items()}, {v: stat(t) for v, t in fbs.items()}, peak
 
 
 def _status_kb(field: str) -> int:
@@ -240,19 +243,21 @@ def main() -> None:
                     help="AdamW implementation, the same for every variant (default: what the trainer builds)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed seconds; cpu: this process's CPU seconds (use with --threads 1 on a busy machine)")
+    ap.add_argument("--stat", choices=("median", "min"), default="median", help="statistic over the timed steps")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK, STAT
+    STAT = args.stat
     if args.clock == "cpu":
-        global CLOCK
         CLOCK = time.process_time
     if args.worker:
         rss_worker(args.config[0], args.worker, args.batch or DEFAULT_BATCH.get(args.config[0], 8), args.optimizer,
                    args.steps)
         return
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, "
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, {args.stat}, "
           f"AdamW {args.optimizer}, {args.steps} timed steps after {args.warmup} warm-up, interleaved")
     for name in args.config:
         batch = args.batch or DEFAULT_BATCH.get(name, 8)

@@ -196,7 +196,11 @@ class GroupViT(nn.Module):
         return head(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
     def encode_image(self, images: torch.Tensor, return_attn: bool = False) -> ImageFeatures:
-        """Why: pooled and per-group projected embeddings (+ assignments) for zero-shot evaluation."""
+        """Why: pooled and per-group projected embeddings (+ assignments) for zero-shot evaluation.
+
+        Meant for eval mode; in train mode the head's BatchNorm normalises (and updates its statistics with)
+        the pooled rows and the group rows as two separate batches, as GV's ``return_feat`` path does.
+        """
         self._check_images(images)
         tokens, soft, hard = self.visual(images, return_attn)
         b, g, c = tokens.shape
