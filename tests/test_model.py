@@ -287,3 +287,24 @@ def test_bad_inputs_have_clear_errors(toy):
         toy(torch.randn(2, 64, 64), torch.zeros(2, 1, 32, dtype=torch.long))
     with pytest.raises(ValueError, match="texts must be"):
         toy(_images(2, 64), torch.zeros(3, 1, 32, dtype=torch.long))
+
+
+def test_tiny_model_fits_a_batch():
+    """Training through the hard assignment works: a tiny model matches 8 images to their 8 captions."""
+    torch.manual_seed(0)
+    model = create_model("groupvit-toy", **dict(TINY, vision_width=64, num_group_tokens=(8, 4, 0),
+                                                num_output_groups=(8, 4), text_width=64, proj_hidden=128))
+    images = _images(8, 32, seed=9)
+    texts = _texts(model, 8, 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    labels = torch.arange(8)
+    losses = []
+    for _ in range(15):
+        out = model(images, texts)
+        logits = out["image"] @ out["text"][:, 0].T * out["logit_scale"]
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
