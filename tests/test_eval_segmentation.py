@@ -103,7 +103,7 @@ def test_evaluate_stage_writes_table_panels_and_palette_predictions(model, toy_v
     assert seg["images"] == 6 and 0 <= seg["mIoU"] <= 100
     assert set(seg["per_class_iou"]) == set(ToyDatasetNames())
     assert "| model | toy | avg |" in rep["table"]
-    for f in ("results.json", "table.md", "report.md", "manifest.json"):
+    for f in ("results.json", "table.md", "per_class_iou.md", "report.md", "manifest.json"):
         assert (tmp_path / "ev" / f).is_file()
     panels = sorted((tmp_path / "ev" / "panels").glob("*.png"))
     assert len(panels) == 2 and all(Image.open(p).format == "PNG" for p in panels)

@@ -209,6 +209,16 @@ def format_table(rows: dict[str, dict[str, float]], datasets: Sequence[str]) -> 
     return "\n".join(lines)
 
 
+def per_class_markdown(results: dict[str, Any]) -> str:
+    """Why: which classes a model segments and which it misses, per benchmark."""
+    lines = []
+    for name, r in results.items():
+        lines += [f"## {name}: per-class IoU (%)", "", "| class | IoU |", "|---|---|"]
+        lines += [f"| {c} | {'-' if v is None else f'{v:.1f}'} |" for c, v in r["per_class_iou"].items()]
+        lines += ["", f"settings: {r['settings']}; {r['images']} images, {r['images_per_s']} images/s", ""]
+    return "\n".join(lines)
+
+
 def _report_md(label: str, results: dict[str, Any], cls: dict[str, Any], table: str, out_dir: Path) -> str:
     import base64
 
@@ -217,10 +227,10 @@ def _report_md(label: str, results: dict[str, Any], cls: dict[str, Any], table: 
         lines += ["## Zero-shot classification", "", "| data | top-1 | top-5 | images |", "|---|---|---|---|"]
         lines += [f"| {k} | {v['top1']:.1f} | {v['top5']:.1f} | {v['images']} |" for k, v in cls.items()]
         lines.append("")
+    lines.append(per_class_markdown(results))
     for name, r in results.items():
-        lines += [f"## {name}: per-class IoU (%)", "", "| class | IoU |", "|---|---|"]
-        lines += [f"| {c} | {'-' if v is None else f'{v:.1f}'} |" for c, v in r["per_class_iou"].items()]
-        lines += ["", f"settings: {r['settings']}; {r['images']} images, {r['images_per_s']} images/s", ""]
+        if r["panels"]:
+            lines += [f"## {name}: panels", ""]
         for p in r["panels"]:
             b64 = base64.b64encode(Path(p).read_bytes()).decode()
             lines.append(f"![{Path(p).name}](data:image/png;base64,{b64})")
@@ -272,6 +282,7 @@ def evaluate_stage(cfg: PipelineConfig, checkpoint: Optional[str | Path] = None,
               "checkpoint": ck_id}
     write_json_atomic(out / "results.json", report)
     write_bytes_atomic(out / "table.md", (table + "\n").encode())
+    write_bytes_atomic(out / "per_class_iou.md", per_class_markdown(results).encode())
     write_bytes_atomic(out / "report.md", _report_md(label, results, cls, table, out).encode())
     counts = {f"{d}_mIoU": round(r["mIoU"], 3) for d, r in results.items()}
     counts.update({f"{k}_top1": round(v["top1"], 3) for k, v in cls.items()})
