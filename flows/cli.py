@@ -100,6 +100,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 command("run", _setup_run)(cmd_run)
 
 
+def _setup_deploy(p: argparse.ArgumentParser) -> None:
+    _with_config(p, required=True)
+    p.add_argument("--pool", default=None, help="process work pool name (default: the one in deployments/prefect.yaml)")
+    p.add_argument("--gpu", action="store_true", help="also deploy cocu-pipeline-gpu (its docker pool must exist)")
+    p.add_argument("--gpu-config", default=None, help="config for the GPU deployment (default: the one in the file)")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Create the Prefect deployments cocu-pipeline and cocu-recurate (schedule from runtime.recurate_cron)."""
+    from flows.deploy import deploy
+
+    cfg = _load(args)
+    names = deploy(cfg, args.config, args.pool, args.gpu, args.gpu_config)
+    sched = (f"cron '{cfg.runtime.recurate_cron}' ({cfg.runtime.recurate_timezone})" if cfg.runtime.recurate_cron
+             else "no schedule (runtime.recurate_cron is null)")
+    print(f"deployed {', '.join(names)}; cocu-recurate: {sched}")
+    print("start a worker from this clone: prefect worker start --pool "
+          f"{args.pool or 'cocu-process'}; trigger: prefect deployment run cocu_pipeline/cocu-pipeline")
+    return 0
+
+
+command("deploy", _setup_deploy)(cmd_deploy)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Why: the console-script entry (`cocu`), over the shared registry."""
     return core_cli.main(argv)

@@ -15,7 +15,7 @@ def _cocu(*args: str, cwd: Path = ROOT, module: str = "flows.cli"):
 def test_help_lists_subcommands():
     r = _cocu("--help")
     assert r.returncode == 0
-    for sub in ("toyworld", "run", "doctor", "config", "status", "encoder-report"):
+    for sub in ("toyworld", "run", "doctor", "config", "status", "deploy", "encoder-report"):
         assert sub in r.stdout, sub
 
 
