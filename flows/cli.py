@@ -112,7 +112,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.deploy import deploy
 
     cfg = _load(args)
-    names = deploy(cfg, args.config, args.pool, args.gpu, args.gpu_config)
+    names = deploy(cfg, args.config, args.pool, args.gpu, args.gpu_config, list(args.set or []))
     sched = (f"cron '{cfg.runtime.recurate_cron}' ({cfg.runtime.recurate_timezone})" if cfg.runtime.recurate_cron
              else "no schedule (runtime.recurate_cron is null)")
     print(f"deployed {', '.join(names)}; cocu-recurate: {sched}")

@@ -34,8 +34,8 @@ def config_parameter(config_path: str | Path) -> str:
 
 
 def render(cfg: PipelineConfig, config_path: str | Path, pool: Optional[str] = None,
-           spec_file: Path = DEPLOY_FILE) -> dict[str, Any]:
-    """Why: prefect.yaml with this config as parameter, the config's re-curation schedule, and the chosen pool."""
+           spec_file: Path = DEPLOY_FILE, overrides: Optional[list[str]] = None) -> dict[str, Any]:
+    """Why: prefect.yaml with this config (and overrides) as parameters, the config's re-curation schedule, the pool."""
     spec = yaml.safe_load(spec_file.read_text())
     param = config_parameter(config_path)
     for d in spec["deployments"]:
@@ -45,8 +45,10 @@ def render(cfg: PipelineConfig, config_path: str | Path, pool: Optional[str] = N
             rt = cfg.runtime
             d["schedules"] = ([{"cron": rt.recurate_cron, "timezone": rt.recurate_timezone, "active": True}]
                               if rt.recurate_cron else [])
-        if pool and d["name"] in PROCESS_DEPLOYMENTS:
-            d["work_pool"]["name"] = pool
+        if d["name"] in PROCESS_DEPLOYMENTS:
+            d["parameters"]["overrides"] = list(overrides or [])
+            if pool:
+                d["work_pool"]["name"] = pool
     return spec
 
 
@@ -66,9 +68,9 @@ def ensure_process_pool(name: str) -> bool:
 
 
 def deploy(cfg: PipelineConfig, config_path: str | Path, pool: Optional[str] = None, gpu: bool = False,
-           gpu_config: Optional[str] = None) -> list[str]:
+           gpu_config: Optional[str] = None, overrides: Optional[list[str]] = None) -> list[str]:
     """Why: render, ensure the pool, `prefect deploy` the named deployments; returns their full names."""
-    spec = render(cfg, config_path, pool)
+    spec = render(cfg, config_path, pool, overrides=overrides)
     names = list(PROCESS_DEPLOYMENTS) + ([GPU_DEPLOYMENT] if gpu else [])
     if gpu and gpu_config:
         next(d for d in spec["deployments"] if d["name"] == GPU_DEPLOYMENT)["parameters"]["config_path"] = \
