@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cocu_core.model import GroupViT, create_model  # noqa: E402
+from cocu_core.model import create_model  # noqa: E402
 from cocu_core.model.hf_adapter import hf_config_dict, hf_state_dict  # noqa: E402
 
 CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: process CPU seconds (robust on a shared machine)
