@@ -92,7 +92,7 @@ def _url_table(cfg: PipelineConfig):
     """Why: the list the download stage would read now (for the toy world: its train split, loopback URLs)."""
     import pyarrow as pa
 
-    from cocu_core.data.download import clean_pairs, read_url_list
+    from cocu_core.data.download import clean_pairs, read_pair_list
 
     if cfg.data.source == "toyworld":
         from cocu_core.toyworld import read_pairs
@@ -102,8 +102,8 @@ def _url_table(cfg: PipelineConfig):
                           "caption": pairs.column("caption").cast(pa.string()),
                           "sample_id": pairs.column("key").cast(pa.string())})
         return clean_pairs(table)[0], _LOOPBACK
-    return clean_pairs(read_url_list(cfg.data.url_list, cfg.data.input_format, cfg.data.url_col,
-                                     cfg.data.caption_col))[0], None
+    return clean_pairs(read_pair_list(cfg.data.url_list, cfg.data.input_format, cfg.data.url_col,
+                                      cfg.data.caption_col))[0], None
 
 
 _LOOPBACK = "http://127.0.0.1:1"

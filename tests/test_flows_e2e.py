@@ -184,3 +184,41 @@ def test_only_curate_one_shard_at_a_time_gives_the_same_archives(world):
     assert _summary_stages(out) == {"curate": False}
     assert _archive_hashes(world) == before
     assert wait_all_gone(mark) == {}
+
+
+def _curve(world) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader((world["cfg"].workpath / "train" / "cocu" / "loss_curve.csv").open()))
+
+
+def test_sigkill_during_training_resumes_with_the_same_curve(world):
+    import shutil
+
+    train = ["--only", "train", "--set", "train.max_steps=10", "--set", "train.checkpoint_every=2",
+             "--set", "train.log_every=1"]
+    train_dir = world["cfg"].workpath / "train" / "cocu"
+    mark = uuid.uuid4().hex
+    proc, log = _start(world, *train, mark=mark)  # uninterrupted reference
+    assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
+    reference = _curve(world)
+    assert len(reference) == 10
+
+    shutil.rmtree(train_dir)
+    mark = uuid.uuid4().hex
+    proc, log = _start(world, *train, mark=mark)
+    try:
+        ck = train_dir / "checkpoints"
+        up = wait_until(lambda: proc.poll() is not None or len(list(ck.glob("step_*.pt"))) >= 2, timeout=900, every=0.2)
+        assert up and proc.poll() is None, log.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert wait_all_gone(mark) == {}
+    finally:
+        kill_marked(mark)
+    assert not (train_dir / "final.pt").exists()
+    mark = uuid.uuid4().hex
+    proc, log = _start(world, *train, mark=mark)
+    assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
+    assert "train: resumed from step_" in log.read_text()
+    assert _curve(world) == reference  # the curve continues where it stopped: same steps, same losses
