@@ -59,8 +59,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, global_batch: int,
                     skip: Iterable[str] = ()) -> torch.optim.AdamW:
     """Why: AdamW with GV's betas/eps/decay split, at the batch-scaled base learning rate."""
     lr, _, _ = scaled_lrs(cfg, global_batch)
+    # The fused kernel (CPU and CUDA) is the same update as the for-loop one, several times faster: on the toy
+    # model the optimiser step was 30% of a training step (mostly the 49k-row token embedding).
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay, skip), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+                             weight_decay=cfg.weight_decay, fused=True)
 
 
 @dataclass
