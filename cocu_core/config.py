@@ -78,6 +78,13 @@ class DataConfig(_Section):
     threads: int = Field(8, ge=1, description="img2dataset `thread_count` per process.")
     timeout: int = Field(10, ge=1, description="img2dataset per-URL download timeout in seconds.")
     retries: int = Field(0, ge=0, description="img2dataset retries per URL.")
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = Field(
+        "multiprocessing",
+        description=(
+            "img2dataset `distributor`: `multiprocessing` (this machine), `pyspark` (an active Spark session, or a"
+            " local one img2dataset starts) or `ray` (the Ray cluster of RAY_ADDRESS) for very large lists."
+        ),
+    )
 
 
 class EncoderConfig(_Section):
@@ -124,6 +131,29 @@ class EncoderConfig(_Section):
     )
     inference_batch_size: int = Field(256, ge=1, description="clip-retrieval inference batch size.")
     num_workers: int = Field(0, ge=0, description="clip-retrieval data-loader workers.")
+    distribution_strategy: Literal["sequential", "pyspark", "slurm"] = Field(
+        "sequential",
+        description=(
+            "clip-retrieval `distribution_strategy`: `sequential` embeds shard by shard here; `pyspark`/`slurm` make"
+            " one clip-retrieval call over all pending shards (one output partition per shard) that its distributor"
+            " spreads over Spark executors or Slurm nodes."
+        ),
+    )
+    inference_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra clip-retrieval inference arguments, e.g. {slurm_partition: gpu, slurm_nodes: 4, slurm_job_timeout: 600}.",
+    )
+
+    @field_validator("inference_options")
+    @classmethod
+    def _known_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"slurm_job_name", "slurm_partition", "slurm_nodes", "slurm_job_comment", "slurm_nodelist",
+                   "slurm_exclude", "slurm_job_timeout", "slurm_cache_path", "slurm_verbose_wait", "cache_path",
+                   "clip_cache_path", "wds_image_key", "wds_caption_key"}
+        bad = sorted(set(v) - allowed)
+        if bad:
+            raise ValueError(f"unknown clip-retrieval option(s) {bad}; allowed: {sorted(allowed)}")
+        return v
 
     @field_validator("toy_resnet_layers")
     @classmethod
@@ -285,6 +315,24 @@ class RuntimeConfig(_Section):
     keep_versions: int = Field(
         3, ge=1, description="Archive versions kept by re-curation (older version folders are deleted)."
     )
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        "threads",
+        description=(
+            "Where fanned-out tasks (curation shards) run: `threads` (Prefect's thread pool, `concurrency` at once),"
+            " `dask` (prefect-dask: the scheduler at `task_runner_address`, or a local cluster of `concurrency`"
+            " worker processes) or `ray` (prefect-ray: the cluster at `task_runner_address`, or a local Ray)."
+        ),
+    )
+    task_runner_address: Optional[str] = Field(
+        None, description="Dask scheduler (tcp://host:8786) or Ray cluster (ray://host:10001, `auto`) address; null = start a local one."
+    )
+
+    @model_validator(mode="after")
+    def _address_needs_engine(self) -> "RuntimeConfig":
+        if self.task_runner_address and self.task_runner == "threads":
+            raise ValueError("runtime.task_runner_address is set but runtime.task_runner is 'threads'; "
+                             "choose 'dask' or 'ray', or remove the address")
+        return self
 
     @field_validator("recurate_cron")
     @classmethod

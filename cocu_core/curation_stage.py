@@ -8,9 +8,9 @@ when the manifest matches its inputs fingerprint and the config fields it reads.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +56,7 @@ def vocabulary_inputs_fp(embed_key: str, classes: Sequence[str]) -> str:
 
 def vocabulary_stage(embed_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dict[str, Any]:
     """Why: build the concept vocabulary once from the corpus's captions (plus benchmark classes)."""
+    from cocu_core.concepts.corpus import metadata_batches
     from cocu_core.concepts.vocabulary import build_vocabulary, write_vocabulary
 
     classes = benchmark_classes(cfg)
@@ -64,15 +65,21 @@ def vocabulary_stage(embed_dir: Path, out_dir: Path, cfg: PipelineConfig) -> dic
     if stage_is_current(out_dir, inputs, fields):
         return {**read_json(out_dir / "report.json"), "cached": True}
     t0 = time.time()
-    captions = pq.read_table(embed_dir / "metadata.parquet", columns=["caption"]).column("caption").to_pylist()
-    vocab = build_vocabulary(captions, cfg.curation.vocab_size, classes, cfg.curation.max_ngram)
-    write_vocabulary(out_dir / "vocabulary.parquet", vocab, {"captions": len(captions)})
+    seen = [0]
+
+    def captions() -> Iterator[Optional[str]]:
+        for batch in metadata_batches(embed_dir / "metadata.parquet", ["caption"]):
+            seen[0] += batch.num_rows
+            yield from batch.column(0).to_pylist()
+
+    vocab = build_vocabulary(captions(), cfg.curation.vocab_size, classes, cfg.curation.max_ngram)
+    write_vocabulary(out_dir / "vocabulary.parquet", vocab, {"captions": seen[0]})
     rows = vocab.to_pylist()
     report = {
         "concepts": len(rows),
         "from_captions": sum(r["source"] == "captions" for r in rows),
         "benchmark_only": sum(r["source"] == "benchmark" for r in rows),
-        "captions": len(captions),
+        "captions": seen[0],
         "top": ", ".join(f"{r['concept']} ({r['count']})" for r in rows[:15]),
         "seconds": round(time.time() - t0, 2),
     }
@@ -91,44 +98,215 @@ def concept_embeddings_stage(vocab_dir: Path, out_dir: Path, cfg: PipelineConfig
     return cached_concept_embeddings(out_dir, concepts, cfg.encoder.templates, encoder_id, encode_text_fn)
 
 
-@dataclass
 class CurationData:
-    """Everything a shard's curation reads, loaded once: row-aligned with the embed stage."""
+    """Everything a shard's curation reads, row-aligned with the embed stage, as a handle on files.
 
-    keys: list[str]
-    sample_ids: list[str]
-    captions: list[str]
-    shards: np.ndarray
-    offsets: np.ndarray
-    ids: np.ndarray
-    img_emb: np.ndarray
-    cap_emb: np.ndarray
-    concept_emb: np.ndarray
-    concepts: list[str]
+    Why a handle: embeddings, caption concepts and keys stay memory-mapped (pages come from the files and
+    the kernel may drop them), so memory is bounded by the batch, not the corpus; pickled, it is a few
+    paths and the concept embeddings, so a shard task can run in another process or on another machine
+    that sees the work folder. The whole-corpus lists (`keys`, `captions`, `sample_ids`, `shards`) are
+    built on first use, for small corpora and the references."""
+
+    def __init__(self, embed_dir: Path, corpus_dir: Path, concept_emb: np.ndarray, concepts: list[str]):
+        from cocu_core.embed import shard_row_ranges
+
+        self.embed_dir, self.corpus_dir = Path(embed_dir), Path(corpus_dir)
+        self.concept_emb, self.concepts = concept_emb, list(concepts)
+        self.shard_rows: dict[str, tuple[int, int]] = shard_row_ranges(self.embed_dir)
+        m = read_manifest(self.corpus_dir) or {}
+        self.n = int(m.get("counts", {}).get("rows", 0))
+        self.checks: dict[str, Any] = m.get("checks", {})
+        self._open: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_open"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open = {}
+
+    def _get(self, name: str, make: Callable[[], Any]) -> Any:
+        if name not in self._open:
+            self._open[name] = make()
+        return self._open[name]
+
+    def _embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        from cocu_core.embed import open_embeddings
+
+        return self._get("emb", lambda: open_embeddings(self.embed_dir))
+
+    def _corpus(self):
+        from cocu_core.concepts.corpus import open_corpus
+
+        return self._get("corpus", lambda: open_corpus(self.corpus_dir))
+
+    @property
+    def img_emb(self) -> np.ndarray:
+        return self._embeddings()[0]
+
+    @property
+    def cap_emb(self) -> np.ndarray:
+        return self._embeddings()[1]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._corpus().offsets
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._corpus().ids
+
+    @property
+    def key_array(self) -> pa.StringArray:
+        """Why: every key, zero-copy over the mapped file; what `curate` takes neighbour keys from."""
+        return self._corpus().keys
+
+    @property
+    def keys(self) -> list[str]:
+        return self._get("keys", lambda: self.key_array.to_pylist())
+
+    def _column(self, name: str) -> list:
+        return pq.read_table(self.embed_dir / "metadata.parquet", columns=[name]).column(name).to_pylist()
+
+    @property
+    def captions(self) -> list[str]:
+        return self._get("captions", lambda: [c or "" for c in self._column("caption")])
+
+    @property
+    def sample_ids(self) -> list[str]:
+        def make() -> list[str]:
+            names = pq.read_schema(self.embed_dir / "metadata.parquet").names
+            return [str(s) for s in (self._column("sample_id") if "sample_id" in names else self.keys)]
+
+        return self._get("sample_ids", make)
+
+    @property
+    def shards(self) -> np.ndarray:
+        names = sorted(self.shard_rows)
+        return np.repeat(np.asarray(names), [self.shard_rows[s][1] - self.shard_rows[s][0] for s in names])
+
+    def rows_of(self, shard: str) -> np.ndarray:
+        """Why: a shard's rows are one contiguous range of the key-sorted corpus."""
+        if shard not in self.shard_rows:
+            raise KeyError(f"shard {shard!r} has no embedded sample (shards: {', '.join(sorted(self.shard_rows))})")
+        a, b = self.shard_rows[shard]
+        return np.arange(a, b, dtype=np.int64)
+
+    def captions_of(self, shard: str) -> list[str]:
+        """Why: the captions of one shard only, read from the row groups that hold it."""
+        from cocu_core.concepts.corpus import metadata_rows
+
+        a, b = self.shard_rows[shard]
+        t = metadata_rows(self.embed_dir / "metadata.parquet", a, b, ["caption"])
+        return [c or "" for c in t.column("caption").to_pylist()]
 
 
-def load_curation_data(embed_dir: Path, vocab_dir: Path, concept_emb: np.ndarray, max_ngram: int) -> CurationData:
-    """Why: join embeddings, metadata and extracted caption concepts into the curation inputs."""
+CORPUS_FIELDS_VERSION = 1
+
+
+def corpus_inputs_key(embed_dir: Path, vocab_dir: Path, max_ngram: int) -> str:
+    """Why: the caption concepts depend on the embeddings' metadata, the vocabulary and the n-gram length."""
+    from cocu_core.embed import embed_manifest
+
+    vm = read_manifest(vocab_dir)
+    if vm:
+        vkey = vm["cache_key"]
+    else:  # a vocabulary written outside the stage: identify it by its file
+        st = (Path(vocab_dir) / "vocabulary.parquet").stat()
+        vkey = fingerprint({"size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return fingerprint({"embed": embed_manifest(embed_dir)["cache_key"], "vocabulary": vkey, "max_ngram": max_ngram,
+                        "version": CORPUS_FIELDS_VERSION})
+
+
+def _embedding_checks(embed_dir: Path) -> dict[str, Any]:
+    """Why: NaN/inf/zero embeddings found once per corpus (chunked over the mapped files), refused per variant."""
+    from cocu_core.concepts.corpus import metadata_rows
+    from cocu_core.curation.errors import bad_embedding_rows
+    from cocu_core.embed import open_embeddings
+
+    out: dict[str, Any] = {}
+    for name, emb in zip(("image", "caption"), open_embeddings(embed_dir)):
+        bad = bad_embedding_rows(emb)
+        keys = [metadata_rows(embed_dir / "metadata.parquet", int(r), int(r) + 1, ["key"]).column(0)[0].as_py()
+                for r in bad[:5]]
+        out[name] = {"bad_rows": int(len(bad)), "bad_keys": keys}
+    return out
+
+
+def load_curation_data(embed_dir: Path, vocab_dir: Path, concept_emb: np.ndarray, max_ngram: int,
+                       cache_dir: Optional[Path] = None) -> CurationData:
+    """Why: join embeddings, metadata and extracted caption concepts into the curation inputs.
+
+    The caption concepts and keys are extracted once per (embeddings, vocabulary, max_ngram) in one
+    streaming pass into `cache_dir` (default `<workdir>/curation_inputs`) and memory-mapped from there."""
+    from cocu_core.concepts.corpus import build_corpus
     from cocu_core.concepts.extract import ConceptExtractor
     from cocu_core.concepts.vocabulary import read_vocabulary
-    from cocu_core.embed import load_embeddings
+    from cocu_core.curation.errors import CurationInputError
 
-    img, txt, meta = load_embeddings(embed_dir)
+    embed_dir, vocab_dir = Path(embed_dir), Path(vocab_dir)
     concepts = read_vocabulary(vocab_dir / "vocabulary.parquet").column("concept").to_pylist()
-    captions = [c or "" for c in meta.column("caption").to_pylist()]
-    offsets, ids = ConceptExtractor(concepts, max_ngram).extract_many(captions)
-    sample_ids = meta.column("sample_id").to_pylist() if "sample_id" in meta.column_names else meta.column("key").to_pylist()
-    return CurationData(
-        keys=meta.column("key").to_pylist(), sample_ids=[str(s) for s in sample_ids], captions=captions,
-        shards=np.asarray(meta.column("shard").to_pylist()), offsets=offsets, ids=ids,
-        img_emb=np.ascontiguousarray(img, np.float32), cap_emb=np.ascontiguousarray(txt, np.float32),
-        concept_emb=concept_emb, concepts=concepts,
-    )
+    concept_emb = np.ascontiguousarray(concept_emb, np.float32)
+    if concept_emb.ndim != 2 or concept_emb.shape[0] != len(concepts):
+        raise CurationInputError(f"concept embeddings have shape {concept_emb.shape}, expected ({len(concepts)}, d) "
+                                 f"for the vocabulary in {vocab_dir}")
+    key = corpus_inputs_key(embed_dir, vocab_dir, max_ngram)
+    folder = Path(cache_dir or vocab_dir.parent / "curation_inputs") / key
+    if not read_manifest(folder):
+        extractor = ConceptExtractor(concepts, max_ngram)
+        build_corpus(embed_dir / "metadata.parquet", folder, key, extractor.extract_many,
+                     lambda: _embedding_checks(embed_dir))
+    data = CurationData(embed_dir, folder, concept_emb, concepts)
+    dim = data.img_emb.shape[1] if data.img_emb.ndim == 2 else 0
+    if data.img_emb.shape[0] != data.n:
+        raise CurationInputError(f"{embed_dir} holds {data.img_emb.shape[0]} embeddings but {folder} was built for "
+                                 f"{data.n} rows; delete {folder} to rebuild it")
+    if data.n and concept_emb.shape[1] != dim:
+        raise CurationInputError(f"concept embeddings are {concept_emb.shape[1]}-d but the embeddings in {embed_dir} "
+                                 f"are {dim}-d: they come from different encoders")
+    badc = bad_concept_rows(concept_emb)
+    if len(badc):
+        raise CurationInputError("NaN, infinite or zero text embedding for concept(s) "
+                                 + ", ".join(repr(concepts[int(i)]) for i in badc[:5]))
+    return data
+
+
+def bad_concept_rows(concept_emb: np.ndarray) -> np.ndarray:
+    """Why: a broken concept embedding would silently zero its scores in every archive."""
+    from cocu_core.curation.errors import bad_embedding_rows
+
+    return bad_embedding_rows(concept_emb)
 
 
 def shard_names(data: CurationData) -> list[str]:
     """Why: one archive (and one cached task) per download shard."""
-    return [str(s) for s in sorted(set(data.shards.tolist()))]
+    return sorted(data.shard_rows)
+
+
+@lru_cache(maxsize=1)
+def _blank_captions(n: int) -> list[str]:
+    """Why: `curate` turns the whole caption list into an Arrow array but only keeps the query rows' captions,
+    which the shard stage sets from the shard's metadata; a blank list keeps that cost to one pointer per row."""
+    return [""] * n
+
+
+def _check_inputs(data: CurationData, variant: str, image_index, caption_index) -> None:
+    """Why: refuse, before anything is written, embeddings the corpus checks found broken and indexes over
+    other vectors (another encoder's width, another corpus's size)."""
+    from cocu_core.curation.errors import CurationInputError
+    from cocu_core.curation.variants import get_variant
+    from cocu_core.index.build import check_index_shape
+
+    expansion = get_variant(variant).expansion
+    for name in ("image", "caption") if expansion == "language" else ("image",):
+        c = data.checks.get(name, {})
+        if c.get("bad_rows"):
+            more = f" and {c['bad_rows'] - 5} more" if c["bad_rows"] > 5 else ""
+            raise CurationInputError(f"NaN, infinite or zero {name} embedding for sample(s) "
+                                     f"{', '.join(map(repr, c['bad_keys']))}{more}")
+    index = {"vision": image_index, "language": caption_index}.get(expansion)
+    if index is not None:
+        check_index_shape(index, data.n, data.img_emb.shape[1], f"the {'image' if expansion == 'vision' else 'caption'} index")
 
 
 def shard_inputs_fp(upstream_fp: str, shard: str) -> str:
@@ -148,10 +326,14 @@ def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: Pipel
     inputs = shard_inputs_fp(upstream_fp, shard)
     if stage_is_current(shard_dir, inputs, fields):
         return {**read_manifest(shard_dir)["counts"], "shard": shard, "cached": True}
+    _check_inputs(data, ccfg.variant, image_index, caption_index)
     t0 = time.time()
-    rows = np.flatnonzero(data.shards.astype(str) == shard)
-    table = curate(data.keys, data.captions, (data.offsets, data.ids), data.img_emb, data.cap_emb, data.concept_emb,
-                   ccfg, image_index, caption_index, concept_names=data.concepts, query_rows=rows)
+    rows = data.rows_of(shard)
+    table = curate(data.key_array, _blank_captions(data.n), (data.offsets, data.ids), data.img_emb, data.cap_emb,
+                   data.concept_emb, ccfg, image_index, caption_index, concept_names=data.concepts, query_rows=rows,
+                   validate=False)
+    col = table.schema.get_field_index("caption")
+    table = table.set_column(col, table.schema.field(col), pa.array(data.captions_of(shard), pa.string()))
     meta = archive_metadata(ccfg, encoder_id)
     meta["k_sample"] = ccfg.k_sample
     meta["naive_sampling"] = ccfg.naive_sampling
@@ -241,7 +423,11 @@ def examples_markdown(archive_dir: Path, toy_split_dir: Path, data: CurationData
 
 
 def curation_upstream_fp(cfg: PipelineConfig, encoder_id: str) -> str:
-    """Why: a shard's archive depends on the embeddings, the vocabulary, the indexes and the encoder."""
+    """Why: a shard's archive depends on the embeddings, the vocabulary, the indexes and the encoder; indexes
+    built over other embeddings (another encoder) are refused here, before any archive is written."""
+    from cocu_core.index.build import check_index_dir
+
+    check_index_dir(cfg.workpath / "index", cfg.workpath / "embed")
     return curation_upstream_key({d: _manifest_fp(cfg.workpath / d) for d in ("embed", "vocabulary", "index")},
                                  encoder_id)
 

@@ -222,6 +222,12 @@ def _part_key(download_key: str, encoder_fingerprint: str, fields: dict[str, Any
     return fingerprint({"inputs": inputs, "config": fields})
 
 
+def part_key_for(download_dir: str | Path, encoder_fingerprint: str, cfg: PipelineConfig) -> str:
+    """Why: the `done.json` key that marks a part finished for this download and encoder (simulations write it too)."""
+    dl = read_download_manifest(download_dir)
+    return _part_key(dl.get("generation", dl["cache_key"]), encoder_fingerprint, cfg.fields_for(EMBED_FIELDS))
+
+
 def _metadata_schema(clip_model: str) -> pa.Schema:
     from cocu_core import __version__
 
@@ -315,7 +321,7 @@ def embed_stage(
 
     # Shards of one download generation are never rewritten (rows appended to the list become new shards), so
     # parts are keyed by the generation: when the list grows, only the new shards are embedded.
-    part_key = _part_key(dl.get("generation", dl["cache_key"]), encoder_fingerprint, fields)
+    part_key = part_key_for(download_dir, encoder_fingerprint, cfg)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     n_shards = int(dl["n_shards"])

@@ -35,6 +35,17 @@ def _models_in_eval_mode(open_clip) -> None:
     open_clip.create_model_and_transforms = create_in_eval_mode
 
 
+def _finish(parts: Path, tmp: Path, name: str, part_key: str) -> None:
+    """Why: a shard's part gets its done marker, then is renamed into place in one step."""
+    part = parts / name
+    if part.exists():
+        shutil.rmtree(part)
+    tmp.mkdir(parents=True, exist_ok=True)  # clip-retrieval writes nothing for a shard with no sample
+    write_json_atomic(tmp / "done.json", {"part_key": part_key, "shard": name})
+    tmp.rename(part)
+    print(f"cocu: embedded shard {name}", flush=True)
+
+
 def main(spec_path: str) -> int:
     """Why: embed each pending shard into a temporary folder, then rename it into place when complete."""
     spec = json.loads(Path(spec_path).read_text())
@@ -44,19 +55,28 @@ def main(spec_path: str) -> int:
     for cfg_path in spec.get("model_configs", []):
         open_clip.add_model_config(cfg_path)
     _models_in_eval_mode(open_clip)
-    from cocu_core.embed import embed_shard
+    from cocu_core.embed import embed_shard, embed_shards_grouped
 
     parts = Path(spec["parts_dir"])
-    for name in spec["shards"]:
-        tmp, part = parts / f".{name}.tmp", parts / name
-        for stale in (tmp, part):
-            if stale.exists():
-                shutil.rmtree(stale)
-        embed_shard(Path(spec["shards_dir"]) / f"{name}.tar", tmp, spec["clip_model"], spec["batch_size"], spec["num_workers"])
-        tmp.mkdir(parents=True, exist_ok=True)  # clip-retrieval writes nothing for a shard with no sample
-        write_json_atomic(tmp / "done.json", {"part_key": spec["part_key"], "shard": name})
-        tmp.rename(part)
-        print(f"cocu: embedded shard {name}", flush=True)
+    strategy = spec.get("distribution_strategy", "sequential")
+    options = dict(spec.get("inference_options") or {})
+    tars = {name: Path(spec["shards_dir"]) / f"{name}.tar" for name in spec["shards"]}
+    if strategy != "sequential":  # one call over every pending shard: clip-retrieval's distributor spreads them
+        staging = parts / ".grouped.tmp"
+        if staging.exists():
+            shutil.rmtree(staging)
+        embed_shards_grouped(list(tars.values()), staging, spec["clip_model"], spec["batch_size"],
+                             spec["num_workers"], strategy, options)
+        for name in spec["shards"]:
+            _finish(parts, staging / name, name, spec["part_key"])
+        shutil.rmtree(staging)
+        return 0
+    for name, tar in tars.items():
+        tmp = parts / f".{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        embed_shard(tar, tmp, spec["clip_model"], spec["batch_size"], spec["num_workers"], options)
+        _finish(parts, tmp, name, spec["part_key"])
     return 0
 
 

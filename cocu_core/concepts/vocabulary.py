@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -82,18 +83,29 @@ def caption_candidates(caption: str, max_ngram: int = 3, tagger=None) -> list[st
     return found
 
 
+def count_candidates(captions: Iterable[Optional[str]], max_ngram: int = 3, chunk: int = 100_000) -> Counter:
+    """Why: caption frequency of every candidate, streaming: only one chunk of captions is held at a time
+    (identical captions within a chunk are tagged once); the counts do not depend on the chunking."""
+    tagger = _tagger()
+    counts: Counter = Counter()
+    it = iter(captions)
+    while True:
+        per_caption = Counter(c for c in islice(it, chunk) if c)
+        if not per_caption:
+            break
+        for cap, mult in per_caption.items():
+            for concept in set(caption_candidates(cap, max_ngram, tagger)):
+                counts[concept] += mult
+    return counts
+
+
 def build_vocabulary(
     captions: Iterable[Optional[str]], top_k: int = 2000, extra_concepts: Iterable[str] = (), max_ngram: int = 3
 ) -> pa.Table:
     """Why: the concept ids every later stage shares; benchmark classes are always included."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    per_caption = Counter(c for c in captions if c)
-    tagger = _tagger()
-    counts: Counter = Counter()
-    for cap, mult in per_caption.items():
-        for concept in set(caption_candidates(cap, max_ngram, tagger)):
-            counts[concept] += mult
+    counts = count_candidates(captions, max_ngram)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
     rows = [(c, n, "captions") for c, n in ranked]
     have = {c for c, _ in ranked}

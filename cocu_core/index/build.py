@@ -7,11 +7,17 @@ Layout of ``out_dir`` (``<workdir>/index``)::
     report.json, manifest.json          index key, build time, recall@k vs exact search, self-hit rate
 
 Search parameters autofaiss tuned (``index_param`` in the infos) are applied by :func:`load_index`.
+autofaiss reads the memory-mapped embeddings from disk in batches (never the whole array at once)
+and picks an index that fits ``index.max_index_memory_usage`` (an IVF-PQ key at large N); recall
+against exact search is measured by scanning the vectors in chunks. The manifest records which
+embeddings (and encoder) the indexes were built over, so curation refuses an index of another encoder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -31,29 +37,53 @@ INDEX_FIELDS = [
     "index.recall_k",
 ]
 INDEXES = {"image": "img_emb.npy", "caption": "text_emb.npy"}
+EXACT_CHUNK = 1 << 17  # rows per block of the exact search that recall is measured against
 
 
-def build_one(x: np.ndarray, index_path: Path, infos_path: Path, icfg: IndexConfig) -> tuple[Any, dict[str, Any], float]:
-    """Why: one autofaiss build, written atomically (index and infos under temporary names, then renamed)."""
+class IndexMismatchError(ValueError):
+    """An index that does not belong to these embeddings (another encoder or corpus); the message names it."""
+
+
+def build_one(x: np.ndarray | str | Path, index_path: Path, infos_path: Path,
+              icfg: IndexConfig) -> tuple[Any, dict[str, Any], float]:
+    """Why: one autofaiss build, written atomically (index and infos under temporary names, then renamed).
+
+    `x` is an array or an .npy file; a file is streamed by autofaiss from a folder holding only a link to it."""
     from autofaiss import build_index
 
     t0 = time.time()
-    with atomic_path(index_path) as tmp_idx, atomic_path(infos_path) as tmp_inf:
-        index, infos = build_index(
-            embeddings=np.ascontiguousarray(x, dtype=np.float32),
-            index_path=str(tmp_idx),
-            index_infos_path=str(tmp_inf),
-            save_on_disk=True,
-            max_index_memory_usage=icfg.max_index_memory_usage,
-            current_memory_available=icfg.current_memory_available,
-            max_index_query_time_ms=icfg.max_index_query_time_ms,
-            min_nearest_neighbors_to_retrieve=max(20, icfg.recall_k),
-            metric_type=icfg.metric_type,
-            verbose=logging.WARNING,
-        )
-        if index is None:
-            raise RuntimeError(f"autofaiss built no index for {index_path.name} ({len(x)} vectors)")
+    src: Any = np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else None
+    link_dir = index_path.parent / f".{index_path.stem}.inputs.{os.getpid()}"
+    if src is None:
+        shutil.rmtree(link_dir, ignore_errors=True)
+        link_dir.mkdir(parents=True)
+        (link_dir / "emb.npy").symlink_to(Path(x).resolve())
+        src = str(link_dir)
+    try:
+        with atomic_path(index_path) as tmp_idx, atomic_path(infos_path) as tmp_inf:
+            index, infos = _autofaiss(build_index, src, tmp_idx, tmp_inf, icfg)
+            if index is None:
+                raise RuntimeError(f"autofaiss built no index for {index_path.name}: the memory budget "
+                                   f"(index.max_index_memory_usage {icfg.max_index_memory_usage}, "
+                                   f"index.current_memory_available {icfg.current_memory_available}) is too small")
+    finally:
+        shutil.rmtree(link_dir, ignore_errors=True)
     return index, read_json(infos_path), time.time() - t0
+
+
+def _autofaiss(build_index, src: Any, tmp_idx: Path, tmp_inf: Path, icfg: IndexConfig) -> tuple[Any, Any]:
+    return build_index(
+        embeddings=src,
+        index_path=str(tmp_idx),
+        index_infos_path=str(tmp_inf),
+        save_on_disk=True,
+        max_index_memory_usage=icfg.max_index_memory_usage,
+        current_memory_available=icfg.current_memory_available,
+        max_index_query_time_ms=icfg.max_index_query_time_ms,
+        min_nearest_neighbors_to_retrieve=max(20, icfg.recall_k),
+        metric_type=icfg.metric_type,
+        verbose=logging.WARNING,
+    )
 
 
 def _apply_params(index: Any, index_param: Optional[str]) -> Any:
@@ -64,15 +94,33 @@ def _apply_params(index: Any, index_param: Optional[str]) -> Any:
     return index
 
 
-def recall_at_k(index: Any, x: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> dict[str, float]:
-    """Why: measure what approximation cost: recall@k of `index` against exact search (tie-aware), plus self-retrieval."""
+def exact_search(x: np.ndarray, q: np.ndarray, k: int, metric: str = "ip",
+                 chunk: int = EXACT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Why: exact top-k by scanning `x` (possibly memory-mapped) block by block, so memory is bounded by a block.
+
+    Returns faiss's convention: inner products descending, or squared L2 distances ascending."""
     import faiss
 
-    exact = faiss.IndexFlatIP(x.shape[1]) if metric == "ip" else faiss.IndexFlatL2(x.shape[1])
-    exact.add(np.ascontiguousarray(x, dtype=np.float32))
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    best_d = np.full((len(q), 0), 0, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for lo in range(0, len(x), chunk):
+        block = np.ascontiguousarray(x[lo:lo + chunk], dtype=np.float32)
+        flat = faiss.IndexFlatIP(block.shape[1]) if metric == "ip" else faiss.IndexFlatL2(block.shape[1])
+        flat.add(block)
+        d, i = flat.search(q, min(k, len(block)))
+        best_d = np.concatenate([best_d, d], axis=1)
+        best_i = np.concatenate([best_i, i + lo], axis=1)
+        order = np.argsort(-best_d if metric == "ip" else best_d, axis=1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(best_d, order, 1), np.take_along_axis(best_i, order, 1)
+    return best_d, best_i
+
+
+def recall_at_k(index: Any, x: np.ndarray, queries: np.ndarray, k: int, metric: str = "ip") -> dict[str, float]:
+    """Why: measure what approximation cost: recall@k of `index` against exact search (tie-aware), plus self-retrieval."""
     q = np.ascontiguousarray(x[queries], dtype=np.float32)
     k = min(k, len(x))
-    de, _ = exact.search(q, k)
+    de, _ = exact_search(x, q, k, metric)
     _, ia = index.search(q, k)
     # Tie-aware recall: an approximate hit counts if its *true* score (recomputed from the vectors, not the
     # index's possibly quantised one) is as good as the exact k-th neighbour's, so duplicate vectors
@@ -89,6 +137,29 @@ def recall_at_k(index: Any, x: np.ndarray, queries: np.ndarray, k: int, metric: 
     return {f"recall@{k}": recall, "self_first": self_first}
 
 
+def check_index_shape(index: Any, n: int, dim: int, what: str) -> None:
+    """Why: an index over another corpus (size) or another encoder (width) would return meaningless neighbours."""
+    if int(index.ntotal) != n or int(index.d) != dim:
+        raise IndexMismatchError(f"{what} holds {index.ntotal} vectors of width {index.d}, but the embeddings are "
+                                 f"{n} x {dim}: it was built for other embeddings; re-run the index stage")
+
+
+def check_index_dir(index_dir: str | Path, embed_dir: str | Path) -> None:
+    """Why: refuse indexes the index stage built over other embeddings (another encoder, another download),
+    naming both encoders, before any archive is written."""
+    im, em = read_manifest(index_dir), read_manifest(embed_dir)
+    if not im:
+        raise FileNotFoundError(f"no finished index stage in {index_dir}; run the index stage first")
+    if not em:
+        raise FileNotFoundError(f"no finished embed stage in {embed_dir}; run the embed stage first")
+    if im.get("inputs_fingerprint") != em.get("cache_key"):
+        theirs = im.get("clip_model") or "unrecorded encoder"
+        raise IndexMismatchError(
+            f"{Path(index_dir) / 'image.index'} was built over other embeddings ({theirs}, embed key "
+            f"{im.get('inputs_fingerprint')}) than {embed_dir} ({em.get('clip_model')}, key {em.get('cache_key')}); "
+            "re-run the index stage")
+
+
 def build_index_stage(
     embed_dir: str | Path,
     out_dir: str | Path,
@@ -96,6 +167,8 @@ def build_index_stage(
     log: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
     """Why: build both indexes once per embeddings + index config; a rerun with neither changed is a cache hit."""
+    from cocu_core.embed import npy_header, open_npy
+
     emb = read_manifest(embed_dir)
     if not emb:
         raise FileNotFoundError(f"no finished embed stage in {embed_dir}; run the embed stage first")
@@ -104,37 +177,52 @@ def build_index_stage(
     if stage_is_current(out, emb["cache_key"], fields):
         return {**read_json(out / "report.json"), "cached": True}
     icfg = cfg.index
+    files = {name: Path(embed_dir) / fname for name, fname in INDEXES.items()}
+    for name, f in files.items():  # both inputs checked (truncation, emptiness) before anything is built
+        shape, _ = npy_header(f)
+        if shape[0] == 0:
+            raise RuntimeError(f"no embeddings in {f}; nothing to index")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
     report: dict[str, Any] = {}
-    for name, fname in INDEXES.items():
-        x = np.load(Path(embed_dir) / fname)
-        if len(x) == 0:
-            raise RuntimeError(f"no embeddings in {Path(embed_dir) / fname}; nothing to index")
-        index, infos, secs = build_one(x, out / f"{name}.index", out / f"{name}_infos.json", icfg)
+    for name, f in files.items():
+        x = open_npy(f)
+        index, infos, secs = build_one(f, out / f"{name}.index", out / f"{name}_infos.json", icfg)
         index = _apply_params(index, infos.get("index_param"))
         rng = np.random.default_rng([cfg.seed, 11])
         queries = np.sort(rng.choice(len(x), size=min(icfg.recall_sample, len(x)), replace=False))
+        t1 = time.time()
         rec = recall_at_k(index, x, queries, icfg.recall_k, icfg.metric_type)
         report[name] = {"vectors": int(len(x)), "dim": int(x.shape[1]), "index_key": infos.get("index_key"),
                         "index_param": infos.get("index_param"), "build_seconds": round(secs, 2),
+                        "recall_seconds": round(time.time() - t1, 2), "index_bytes": (out / f"{name}.index").stat().st_size,
                         "recall_queries": int(len(queries)), **{k: round(v, 4) for k, v in rec.items()}}
         if log:
             log(f"index {name}: {infos.get('index_key')} over {len(x)} x {x.shape[1]} in {secs:.1f}s, "
                 f"recall@{icfg.recall_k} {rec[f'recall@{min(icfg.recall_k, len(x))}']:.3f}")
+        del index
     write_json_atomic(out / "report.json", report)
     write_manifest(out, "index", emb["cache_key"], fields,
                    counts={f"{n}_vectors": r["vectors"] for n, r in report.items()},
-                   extra={"report": report})
+                   extra={"report": report, "clip_model": emb.get("clip_model")})
     return {**report, "cached": False}
 
 
-def load_index(out_dir: str | Path, name: str = "image") -> Any:
-    """Why: readers get the index with autofaiss's tuned search parameters (nprobe, efSearch) applied."""
+def load_index(out_dir: str | Path, name: str = "image", embed_dir: Optional[str | Path] = None) -> Any:
+    """Why: readers get the index with autofaiss's tuned search parameters (nprobe, efSearch) applied;
+    with `embed_dir`, an index built over other embeddings (another encoder) is refused."""
     import faiss
 
     out = Path(out_dir)
     path = out / f"{name}.index"
     if not path.is_file():
         raise FileNotFoundError(f"no {name} index at {path}; run the index stage first")
+    if embed_dir is not None:
+        check_index_dir(out, embed_dir)
     infos = read_json(out / f"{name}_infos.json") if (out / f"{name}_infos.json").is_file() else {}
-    return _apply_params(faiss.read_index(str(path)), infos.get("index_param"))
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexMismatchError(f"{path} is not a readable faiss index ({str(exc).splitlines()[0]}); "
+                                 "re-run the index stage") from None
+    return _apply_params(index, infos.get("index_param"))

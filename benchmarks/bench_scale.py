@@ -1,0 +1,391 @@
+"""Scale simulation: synthetic CLIP-like pairs in the embed stage's real format -> embed assembly -> vocabulary ->
+index -> curation inputs -> curate, through the real stage functions, each stage in its own process.
+
+Run (nice: the cores are shared):  nice -n 19 .venv/bin/python benchmarks/bench_scale.py --n 200000
+
+Per stage it prints wall time, images/s and peak anonymous memory (RssAnon of /proc/self/status sampled every
+20 ms in a thread of the stage's process: heap and faiss allocations count, pages of memory-mapped input files the
+kernel can drop do not; VmHWM, the peak of all resident pages including mapped files, is printed beside it), the
+index's recall@8 against exact search, disk use, and an extrapolation to the paper's 27M pairs.
+
+The corpus: 20 topics of 12 real nouns each; an image shows 3-5 nouns of one topic (sometimes one of another) and
+its caption names 1-2 of them in a varied sentence (the semantic gap CoCu closes). Embeddings are 512-d, unit
+norm, with a shared component (CLIP-like positive similarities): image = common + topic + its nouns + noise, caption
+= common + named nouns + noise, concept prompt = common + topic + noun. Written as clip-retrieval writes parts
+(float16 arrays + metadata Parquet per shard, img2dataset keys), so the embed stage assembles them for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NLTK_DATA", str(ROOT / ".nltk_data"))
+
+TOPICS: dict[str, list[str]] = {
+    "street": ["car", "bus", "bicycle", "truck", "motorcycle", "road", "building", "sidewalk", "sign", "person",
+               "tree", "lamp"],
+    "beach": ["sand", "sea", "wave", "umbrella", "boat", "surfboard", "sky", "palm", "shell", "towel", "cloud", "gull"],
+    "kitchen": ["table", "chair", "cup", "plate", "bowl", "knife", "fork", "oven", "refrigerator", "sink", "bottle",
+                "spoon"],
+    "park": ["grass", "dog", "ball", "bench", "frisbee", "child", "flower", "path", "kite", "fountain", "squirrel",
+             "pond"],
+    "farm": ["cow", "horse", "sheep", "barn", "fence", "tractor", "field", "hay", "goat", "pig", "chicken", "farmer"],
+    "living room": ["sofa", "television", "cushion", "carpet", "lamp", "curtain", "window", "shelf", "book", "plant",
+                    "cat", "clock"],
+    "mountain": ["mountain", "snow", "rock", "pine", "lake", "hiker", "cliff", "glacier", "tent", "backpack",
+                 "valley", "river"],
+    "airport": ["airplane", "runway", "terminal", "suitcase", "pilot", "tower", "jet", "cart", "gate", "passenger",
+                "wing", "helicopter"],
+    "office": ["desk", "computer", "keyboard", "monitor", "mouse", "phone", "paper", "pen", "printer", "folder",
+               "businessman", "whiteboard"],
+    "garden": ["rose", "tulip", "bee", "butterfly", "hedge", "shovel", "pot", "gardener", "watering can", "soil",
+               "leaf", "bush"],
+    "wedding": ["bride", "groom", "dress", "cake", "ring", "bouquet", "church", "guest", "veil", "tuxedo", "candle",
+                "champagne"],
+    "stadium": ["player", "football", "crowd", "referee", "goal", "jersey", "helmet", "bat", "trophy", "flag",
+                "stadium", "coach"],
+    "market": ["fruit", "vegetable", "apple", "banana", "orange", "basket", "vendor", "stall", "tomato", "bread",
+               "cheese", "fish"],
+    "harbor": ["ship", "dock", "crane", "container", "anchor", "sailor", "yacht", "pier", "lighthouse", "rope",
+               "buoy", "ferry"],
+    "forest": ["deer", "bear", "wolf", "owl", "mushroom", "log", "moss", "fern", "trail", "waterfall", "fox", "oak"],
+    "classroom": ["student", "teacher", "blackboard", "notebook", "pencil", "backpack", "map", "globe", "chair",
+                  "ruler", "calculator", "poster"],
+    "bathroom": ["toilet", "bathtub", "mirror", "towel", "soap", "shower", "toothbrush", "tile", "faucet", "basin",
+                 "sponge", "razor"],
+    "restaurant": ["waiter", "menu", "wine", "glass", "pizza", "burger", "salad", "chef", "napkin", "candle",
+                   "steak", "soup"],
+    "railway": ["train", "platform", "track", "station", "locomotive", "carriage", "conductor", "ticket", "bridge",
+                "tunnel", "signal", "bench"],
+    "concert": ["guitar", "drum", "singer", "microphone", "stage", "piano", "violin", "speaker", "audience",
+                "musician", "spotlight", "trumpet"],
+}
+ADJECTIVES = ["small", "big", "red", "old", "young", "wooden", "white", "black", "beautiful", "happy", "green",
+              "blue", "tall", "little", "famous", "empty", "busy", "modern", "vintage", "bright"]
+PREPOSITIONS = ["on", "near", "next to", "in front of", "under", "beside", "behind", "with", "by", "at"]
+VERBS = ["sitting", "standing", "lying", "waiting", "resting", "parked", "shown", "seen", "placed", "found"]
+PATTERNS = [
+    "{a1} {n1} {v} {p} the {n2}",
+    "the {a1} {n1} and a {a2} {n2}",
+    "{a1} {n1} {p} {a2} {n2} in the {t}",
+    "{n1} {v} {p} the {a2} {n2} at sunset",
+    "a {a1} {n1}",
+    "portrait of a {a1} {n1} {p} a {n2}",
+    "{a1} {n1} in the {t}",
+]
+VOC_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+             "table", "dog", "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]
+DIM = 512
+TARGET_CURATE_GB = 4.0
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class World:
+    """Why: one seeded description of the synthetic corpus, shared by the writer and the text encoder."""
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng([seed, 1])
+        self.nouns: list[str] = []
+        self.topic_of: list[int] = []
+        for t, words in enumerate(TOPICS.values()):
+            for w in words:
+                if w not in self.nouns:
+                    self.nouns.append(w)
+                    self.topic_of.append(t)
+        self.members = [np.array([i for i, w in enumerate(self.nouns) if w in words]) for words in TOPICS.values()]
+        self.common = rng.standard_normal(DIM) * 1.2
+        self.topics = rng.standard_normal((len(TOPICS), DIM))
+        self.noun_vec = _l2(self.common + self.topics[self.topic_of] + 1.3 * rng.standard_normal((len(self.nouns), DIM)))
+        self.index = {w: i for i, w in enumerate(self.nouns)}
+
+    def concept_vector(self, concept: str) -> np.ndarray:
+        """Why: a noun of the world has its vector; any other phrase a seeded one near the common direction."""
+        if concept in self.index:
+            return self.noun_vec[self.index[concept]]
+        h = int.from_bytes(concept.encode()[:16].ljust(16, b"\0"), "little") % (2**63)
+        r = np.random.default_rng([h, len(concept)])
+        return _l2(self.common + 1.6 * r.standard_normal(DIM))
+
+    def encode_text_fn(self, templates: Sequence[str]) -> Callable[[list[str]], np.ndarray]:
+        """Why: the concept-embedding stage's text encoder: 'a photo of a {}.' -> that concept's vector (+ a small
+        template-dependent offset, as prompts move CLIP text embeddings a little)."""
+        parts = [(t.split("{}")[0], t.split("{}")[1]) for t in templates]
+        offsets = _l2(np.random.default_rng([7, 7]).standard_normal((len(parts), DIM))) * 0.05
+
+        def encode(texts: list[str]) -> np.ndarray:
+            out = np.empty((len(texts), DIM), np.float32)
+            for i, text in enumerate(texts):
+                for j, (pre, suf) in enumerate(parts):
+                    if text.startswith(pre) and text.endswith(suf):
+                        c = text[len(pre):len(text) - len(suf)] if suf else text[len(pre):]
+                        out[i] = _l2(self.concept_vector(c) + offsets[j])
+                        break
+                else:
+                    out[i] = self.concept_vector(text)
+            return out
+
+        return encode
+
+    def shard(self, shard: int, n: int, width: int, seed: int) -> dict[str, Any]:
+        """Why: one shard's pairs, vectorised: keys (img2dataset's), captions, float16 unit embeddings."""
+        rng = np.random.default_rng([seed, 2, shard])
+        topic = rng.integers(0, len(self.members), n)
+        k = rng.integers(3, 6, n)  # nouns shown
+        pick = rng.random((n, 5)).argsort(axis=1)  # distinct slots within the topic's 12 nouns
+        members = np.stack([self.members[t][:12] for t in range(len(self.members))])
+        shown = members[topic[:, None], pick]  # [n, 5] noun ids
+        stray = rng.random(n) < 0.2  # sometimes one noun of another topic
+        shown[stray, 4] = rng.integers(0, len(self.nouns), int(stray.sum()))
+        present = np.arange(5)[None, :] < k[:, None]
+        present[stray, 4] = True
+        pattern = rng.integers(0, len(PATTERNS), n)
+        named = 1 + np.array(["{n2}" in p for p in PATTERNS])[pattern]  # the caption names the first 1-2 shown nouns
+        img = self.common + self.topics[topic] + np.einsum("nk,nkd->nd", present.astype(np.float64) * 0.9,
+                                                          self.noun_vec[shown])
+        img = _l2(img + 0.9 * rng.standard_normal((n, DIM)))
+        first_two = self.noun_vec[shown[:, :2]] * (np.arange(2)[None, :, None] < named[:, None, None])
+        cap = _l2(self.common + first_two.sum(1) * 1.5 + 0.8 * rng.standard_normal((n, DIM)))
+        a1, a2 = rng.integers(0, len(ADJECTIVES), (2, n))
+        pp, vv = rng.integers(0, len(PREPOSITIONS), n), rng.integers(0, len(VERBS), n)
+        topic_names = list(TOPICS)
+        captions = []
+        for i in range(n):  # string formatting only; every number above is vectorised
+            captions.append(PATTERNS[pattern[i]].format(
+                a1=ADJECTIVES[a1[i]], a2=ADJECTIVES[a2[i]], n1=self.nouns[shown[i, 0]], n2=self.nouns[shown[i, 1]],
+                v=VERBS[vv[i]],
+                p=PREPOSITIONS[pp[i]], t=topic_names[topic[i]]))
+        order = rng.permutation(n)  # clip-retrieval's rows need not be in key order; the embed stage sorts
+        keys = [f"{shard:05d}{j:0{width}d}" for j in order]
+        return {"keys": keys, "captions": [captions[j] for j in order], "img": img[order].astype(np.float16),
+                "txt": cap[order].astype(np.float16)}
+
+
+def write_corpus(root: Path, n: int, shard_size: int, cfg, seed: int = 0,
+                 clip_model: str = "synthetic:clip-like-512", encoder_fp: str = "synthetic-clip-0") -> dict[str, Any]:
+    """Why: a finished download manifest and one finished clip-retrieval part per shard, in the real layout, so the
+    embed stage only assembles (its inference is what a GPU does; here it is simulated)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cocu_core.data.download import shard_name
+    from cocu_core.embed import part_key_for
+    from cocu_core.io import write_json_atomic, write_manifest
+
+    world = World(seed)
+    dl, parts = root / "download", root / "embed" / "parts"
+    n_shards = -(-n // shard_size)
+    width = max(1, int(np.ceil(np.log10(shard_size))))
+    write_manifest(dl, "download", f"synthetic-{n}-{shard_size}-{seed}", {}, {"success": n, "input": n},
+                   {"n_shards": n_shards})
+    key = part_key_for(root / "download", encoder_fp, cfg)
+    for s in range(n_shards):
+        m = min(shard_size, n - s * shard_size)
+        d = world.shard(s, m, width, seed)
+        part = parts / shard_name(s)
+        for sub in ("img_emb", "text_emb", "metadata"):
+            (part / sub).mkdir(parents=True, exist_ok=True)
+        np.save(part / "img_emb" / "img_emb_0.npy", d["img"])
+        np.save(part / "text_emb" / "text_emb_0.npy", d["txt"])
+        pq.write_table(pa.table({"image_path": d["keys"], "caption": d["captions"],
+                                 "url": [f"https://example.org/{k}.jpg" for k in d["keys"]], "key": d["keys"],
+                                 "sample_id": [f"{s * shard_size + int(k[5:]):09d}" for k in d["keys"]]}),
+                       part / "metadata" / "metadata_0.parquet")
+        write_json_atomic(part / "done.json", {"part_key": key, "shard": shard_name(s)})
+    classes = root / "voc_class_names.txt"
+    classes.write_text("\n".join(VOC_NAMES) + "\n")
+    return {"shards": n_shards, "clip_model": clip_model, "encoder_fp": encoder_fp}
+
+
+def bench_config(root: Path, n: int, recall_sample: int = 500, index: Optional[dict[str, Any]] = None):
+    """Why: the pipeline config of a run: the paper's curation settings; the index section as given."""
+    from cocu_core.config import config_from_dict
+
+    return config_from_dict({
+        "name": f"scale-{n}", "workdir": str(root),
+        "data": {"source": "toyworld"},
+        "index": {"max_index_memory_usage": "2G", "current_memory_available": "6G", "recall_sample": recall_sample,
+                  "recall_k": 8, **(index or {})},
+        "curation": {"variant": "cocu", "n_neighbours": 8, "batch_size": 4096, "vocab_size": 2000},
+        "eval": {"class_names": str(root / "voc_class_names.txt")},
+    }, "<bench_scale>")
+
+
+class PeakSampler:
+    """Why: peak anonymous RSS of this process (the kernel tracks only the peak of all resident pages)."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak_anon, self._stop = every, 0, threading.Event()
+
+    @staticmethod
+    def status() -> dict[str, int]:
+        out = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("RssAnon", "RssFile", "VmHWM", "VmRSS"):
+                out[k] = int(v.split()[0]) * 1024
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_anon = max(self.peak_anon, self.status()["RssAnon"])
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakSampler":
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak_anon = max(self.peak_anon, self.status()["RssAnon"])
+
+
+def run_stage(stage: str, root: Path, n: int) -> dict[str, Any]:
+    """Why: one stage through the real cocu_core function, in this (fresh) process, with its peak memory."""
+    import torch
+
+    torch.set_num_threads(2)
+    cfg = bench_config(root, n)
+    w = cfg.workpath
+    out: dict[str, Any] = {"stage": stage}
+    base = PeakSampler.status()
+    t0 = time.time()
+    with PeakSampler() as ps:
+        if stage == "write":
+            out.update(write_corpus(w, n, int(os.environ.get("BENCH_SHARD_SIZE", "10000")), cfg))
+        elif stage == "embed":
+            from cocu_core.embed import embed_stage
+
+            out.update(embed_stage(w / "download", w / "embed", cfg, "synthetic:clip-like-512", "synthetic-clip-0",
+                                   progress=False))
+        elif stage == "vocabulary":
+            from cocu_core.curation_stage import vocabulary_stage
+
+            out.update({k: v for k, v in vocabulary_stage(w / "embed", w / "vocabulary", cfg).items() if k != "top"})
+        elif stage == "index":
+            from cocu_core.index import build_index_stage
+
+            rep = build_index_stage(w / "embed", w / "index", cfg)
+            out.update({f"{k}_{name}": v for name, r in rep.items() if isinstance(r, dict) for k, v in r.items()})
+        elif stage in ("curate", "inputs"):
+            out.update(_curate(cfg, only_inputs=stage == "inputs"))
+        else:
+            raise SystemExit(f"unknown stage {stage}")
+    st = PeakSampler.status()
+    out.update({"seconds": round(time.time() - t0, 2), "peak_anon": ps.peak_anon, "start_anon": base["RssAnon"],
+                "vm_hwm": st["VmHWM"]})
+    return out
+
+
+def _curate(cfg, only_inputs: bool) -> dict[str, Any]:
+    from cocu_core.curation_stage import (archive_dir_for, concept_embeddings_stage, curate_shard_stage,
+                                          curation_upstream_fp, load_curation_data, shard_names)
+    from cocu_core.index import load_index
+
+    w = cfg.workpath
+    world = World(0)
+    t0 = time.time()
+    emb, _ = concept_embeddings_stage(w / "vocabulary", w / "concept_emb", cfg, "synthetic-clip-0",
+                                      world.encode_text_fn(cfg.encoder.templates))
+    data = load_curation_data(w / "embed", w / "vocabulary", emb, cfg.curation.max_ngram)
+    inputs_s = time.time() - t0
+    if only_inputs:
+        return {"inputs_seconds": round(inputs_s, 2), "concepts": len(data.concepts)}
+    upstream = curation_upstream_fp(cfg, "synthetic-clip-0")
+    index = load_index(w / "index", "image", embed_dir=w / "embed")  # variant cocu: only the image index is read
+    t1 = time.time()
+    res = [curate_shard_stage(data, s, archive_dir_for(cfg), cfg, upstream, "synthetic-clip-0", index, None)
+           for s in shard_names(data)]
+    sizes = [r["mean_archive_size"] * r["images"] for r in res]
+    return {"inputs_seconds": round(inputs_s, 2), "curate_seconds": round(time.time() - t1, 2),
+            "images": sum(r["images"] for r in res), "shards": len(res), "cached_shards": sum(bool(r.get("cached")) for r in res),
+            "mean_archive_size": round(sum(sizes) / max(1, sum(r["images"] for r in res)), 2)}
+
+
+CLIP_MODEL, ENCODER_FP = "synthetic:clip-like-512", "synthetic-clip-0"
+
+
+def small_run(root: Path, n: int = 960, shard_size: int = 240, stages: Sequence[str] = ("embed", "index", "vocabulary"),
+              encoder_fp: str = ENCODER_FP):
+    """Why: tests build a few shards of the synthetic corpus through the real stages; returns (cfg, concept_emb)."""
+    from cocu_core.curation_stage import concept_embeddings_stage, vocabulary_stage
+    from cocu_core.embed import embed_stage
+    from cocu_core.index import build_index_stage
+
+    cfg = bench_config(root, n, recall_sample=100)
+    write_corpus(root, n, shard_size, cfg, encoder_fp=encoder_fp)
+    if "embed" in stages:
+        embed_stage(root / "download", root / "embed", cfg, CLIP_MODEL, encoder_fp, progress=False)
+    if "index" in stages:
+        build_index_stage(root / "embed", root / "index", cfg)
+    emb = None
+    if "vocabulary" in stages:
+        vocabulary_stage(root / "embed", root / "vocabulary", cfg)
+        emb, _ = concept_embeddings_stage(root / "vocabulary", root / "concept_emb", cfg, encoder_fp,
+                                          World(0).encode_text_fn(cfg.encoder.templates))
+    return cfg, emb
+
+
+def du(path: Path) -> int:
+    """Why: bytes on disk of a folder (what a 27M run would need, scaled)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+STAGES = ("write", "embed", "vocabulary", "index", "inputs", "curate")
+
+
+def run_all(root: Path, n: int, stages: Sequence[str]) -> list[dict[str, Any]]:
+    """Why: each stage in its own process, so each peak belongs to that stage alone."""
+    rows = []
+    for stage in stages:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--run-stage", stage, "--root", str(root), "--n", str(n)]
+        t0 = time.time()
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"stage {stage} failed:\n{p.stderr[-4000:]}")
+        row = json.loads(p.stdout.strip().splitlines()[-1])
+        row["process_seconds"] = round(time.time() - t0, 2)
+        rows.append(row)
+        print(f"{stage}: {row['seconds']} s, peak anon {row['peak_anon'] / 2**20:.0f} MiB, "
+              f"VmHWM {row['vm_hwm'] / 2**20:.0f} MiB", flush=True)
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--root", type=Path, default=None, help="work folder (default /tmp/cocu_scale_<n>)")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--run-stage", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    root = args.root or Path(f"/tmp/cocu_scale_{args.n}")
+    if args.run_stage:
+        print(json.dumps(run_stage(args.run_stage, root, args.n), default=str))
+        return 0
+    rows = run_all(root, args.n, args.stages.split(","))
+    disk = {name: du(root / name) for name in ("embed", "index", "vocabulary", "curation_inputs", "curate")}
+    disk["embed/parts"] = du(root / "embed" / "parts")
+    res = {"n": args.n, "rows": rows, "disk": disk, "cpus": os.cpu_count()}
+    (root / f"bench_scale_{args.n}.json").write_text(json.dumps(res, indent=1, default=str))
+    print(json.dumps(res, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
