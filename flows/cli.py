@@ -38,10 +38,13 @@ def flow_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def _stop(proc: subprocess.Popen, config: str) -> int:
+def _stop(proc: subprocess.Popen, config: str, workpath: Path) -> int:
     """Why: first Ctrl-C: ask the flow to stop (it records the interrupted stage and says so); a second
     Ctrl-C, or no exit within FORCE_AFTER_S, kills the flow's whole process tree."""
+    import json
+
     from cocu_core.proc import kill_group
+    from flows.run import interrupted_line
 
     try:
         os.kill(proc.pid, signal.SIGINT)
@@ -50,24 +53,17 @@ def _stop(proc: subprocess.Popen, config: str) -> int:
     except (KeyboardInterrupt, subprocess.TimeoutExpired):
         kill_group(proc.pid)
         proc.wait()
-    from flows.run import interrupted_line
-
-    stage = None
     try:
-        import json
-
-        cfg_state = Path(_load_workdir(config)) / "run_state.json"
-        stage = json.loads(cfg_state.read_text()).get("stage") if cfg_state.is_file() else None
+        stage = json.loads((workpath / "run_state.json").read_text()).get("stage")
     except (OSError, ValueError):
-        pass
+        stage = None
     print(interrupted_line(stage, config) + " (stopped by force)", file=sys.stderr, flush=True)
     return 130
 
 
-def _load_workdir(config: str) -> Path:
-    from cocu_core.config import load_config
-
-    return load_config(config).workpath
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """Why: `kill` (SIGTERM) of `cocu run` stops the flow the way Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -83,11 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Own session: the terminal's Ctrl-C reaches only this process, which forwards it (see flows/run.py);
     # the child and everything it starts die with this process if it is killed (PDEATHSIG, cocu_core/proc.py).
     proc = subprocess.Popen(flow_command(args), env=env, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return proc.wait()
+        rc = proc.wait()
+        return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
     except KeyboardInterrupt:
-        return _stop(proc, args.config)
+        return _stop(proc, args.config, cfg.workpath)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:

@@ -122,3 +122,21 @@ def test_growing_list_downloads_and_embeds_only_new_pairs_and_versions_archives(
     assert "**80 new pairs**" in third["summary_md"] and "| archive version | 3 |" in third["summary_md"]
     sids = load_embeddings(w / "embed")[2].column("sample_id").to_pylist()
     assert len(set(sids)) == 240 and sum(s.startswith("b/") for s in sids) == 80
+
+    # `cocu status` on a url-list folder: everything done; one more file makes the download stale, and says why
+    def status() -> str:
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "status", "-c", str(setup["path"])], cwd=ROOT,
+                           env=setup["env"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    out = status()
+    states = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()[1:] if not ln.strip().startswith("-")}
+    assert {s: states[s] for s in ("download", "encoder", "embed", "index", "vocabulary", "concepts", "curate")} == \
+        dict.fromkeys(("download", "encoder", "embed", "index", "vocabulary", "concepts", "curate"), "done"), out
+    _list(rows[:10], lists / "c.parquet")
+    out = status()
+    states = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()[1:] if not ln.strip().startswith("-")}
+    assert states["download"] == "stale" and states["embed"] == "stale", out
+    assert "the url list changed (250 usable pairs now, 240 listed when it ran)" in out
+    assert "upstream 'download' is stale" in out
