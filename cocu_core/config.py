@@ -169,6 +169,13 @@ class IndexConfig(_Section):
     max_index_memory_usage: str = Field("2G", description="autofaiss memory budget for the index.")
     current_memory_available: str = Field("4G", description="autofaiss memory available while building.")
     max_index_query_time_ms: float = Field(10.0, gt=0, description="autofaiss query-time target.")
+    index_key: Optional[str] = Field(
+        None,
+        description=(
+            "faiss index factory string autofaiss builds (e.g. `PCA128,HNSW32`, `OPQ128_640,IVF65536_HNSW32,PQ128x8`);"
+            " null = autofaiss picks the best index that fits `max_index_memory_usage`."
+        ),
+    )
     metric_type: Literal["ip", "l2"] = Field("ip", description="Inner product on normalised vectors = cosine.")
     recall_sample: int = Field(500, ge=1, description="Queries used to measure recall against exact search.")
     recall_k: int = Field(8, ge=1, description="k of the reported recall@k.")

@@ -32,6 +32,7 @@ INDEX_FIELDS = [
     "index.max_index_memory_usage",
     "index.current_memory_available",
     "index.max_index_query_time_ms",
+    "index.index_key",
     "index.metric_type",
     "index.recall_sample",
     "index.recall_k",
@@ -74,6 +75,7 @@ def build_one(x: np.ndarray | str | Path, index_path: Path, infos_path: Path,
 def _autofaiss(build_index, src: Any, tmp_idx: Path, tmp_inf: Path, icfg: IndexConfig) -> tuple[Any, Any]:
     return build_index(
         embeddings=src,
+        index_key=icfg.index_key,
         index_path=str(tmp_idx),
         index_infos_path=str(tmp_inf),
         save_on_disk=True,
