@@ -61,7 +61,7 @@ def main(spec_path: str) -> int:
     strategy = spec.get("distribution_strategy", "sequential")
     options = dict(spec.get("inference_options") or {})
     tars = {name: Path(spec["shards_dir"]) / f"{name}.tar" for name in spec["shards"]}
-    if strategy != "sequential":  # one call over every pending shard: clip-retrieval's distributor spreads them
+    if strategy != "sequential" or spec.get("grouped"):  # one call over every pending shard (its distributor spreads them)
         staging = parts / ".grouped.tmp"
         if staging.exists():
             shutil.rmtree(staging)

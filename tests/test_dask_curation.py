@@ -63,7 +63,7 @@ def test_dask_local_cluster_writes_the_local_runners_archives(run, tmp_path):
 
 
 def test_ray_local_cluster_writes_the_local_runners_archives(run, tmp_path):
-    ray = pytest.importorskip("ray")
+    import ray
     cfg, data, index, upstream, shards, local = run
     out = tmp_path / "ray"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
