@@ -130,7 +130,9 @@ class EncoderConfig(_Section):
         None, description="open_clip/Hugging Face cache folder searched for named pretrained weights (e.g. `openai`)."
     )
     inference_batch_size: int = Field(256, ge=1, description="clip-retrieval inference batch size.")
-    num_workers: int = Field(0, ge=0, description="clip-retrieval data-loader workers.")
+    num_workers: int = Field(
+        0, ge=0, description="clip-retrieval data-loader workers (at most 1 is started: each call reads one shard)."
+    )
     distribution_strategy: Literal["sequential", "pyspark", "slurm"] = Field(
         "sequential",
         description=(

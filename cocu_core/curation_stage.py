@@ -290,6 +290,25 @@ def _blank_captions(n: int) -> list[str]:
     return [""] * n
 
 
+@lru_cache(maxsize=8)
+def _mapped_index(path: str, mtime_ns: int) -> Any:
+    from cocu_core.index import load_index
+
+    p = Path(path)
+    return load_index(p.parent, p.name.removesuffix(".index"))
+
+
+def resolve_index(ref: Any) -> Any:
+    """Why: a shard task on another process or machine gets an index *path* (`<workdir>/index/image.index`) and
+    memory-maps it once per process, instead of receiving a pickled copy of the whole index."""
+    if isinstance(ref, (str, Path)):
+        p = Path(ref)
+        if not p.is_file():
+            raise FileNotFoundError(f"no index at {p}; run the index stage first")
+        return _mapped_index(str(p.resolve()), p.stat().st_mtime_ns)
+    return ref
+
+
 def _check_inputs(data: CurationData, variant: str, image_index, caption_index) -> None:
     """Why: refuse, before anything is written, embeddings the corpus checks found broken and indexes over
     other vectors (another encoder's width, another corpus's size)."""
@@ -317,7 +336,10 @@ def shard_inputs_fp(upstream_fp: str, shard: str) -> str:
 def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: PipelineConfig, upstream_fp: str,
                        encoder_id: str, image_index=None, caption_index=None,
                        variant: Optional[str] = None) -> dict[str, Any]:
-    """Why: the archive of one shard; its rows are searched against the whole dataset's indexes."""
+    """Why: the archive of one shard; its rows are searched against the whole dataset's indexes.
+
+    `image_index`/`caption_index`: faiss indexes, or paths to index files (memory-mapped once per process), or
+    None (exact search over the embeddings, for small data)."""
     from cocu_core.curation import archive_metadata, curate, write_archive
 
     ccfg = cfg.curation if variant is None else cfg.curation.model_copy(update={"variant": variant})
@@ -326,6 +348,7 @@ def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: Pipel
     inputs = shard_inputs_fp(upstream_fp, shard)
     if stage_is_current(shard_dir, inputs, fields):
         return {**read_manifest(shard_dir)["counts"], "shard": shard, "cached": True}
+    image_index, caption_index = resolve_index(image_index), resolve_index(caption_index)
     _check_inputs(data, ccfg.variant, image_index, caption_index)
     t0 = time.time()
     rows = data.rows_of(shard)

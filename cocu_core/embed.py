@@ -79,6 +79,13 @@ def _clip_inference():
     return clip_inference
 
 
+def prepro_workers(num_workers: int) -> int:
+    """Why: clip-retrieval's webdataset reader splits the tars of a partition between its data-loader workers; a
+    partition here is one shard, so a second worker gets no tar, raises "No samples found in dataset" and inference
+    then waits forever. One worker decodes while the model runs."""
+    return min(num_workers, 1)
+
+
 def embed_shard(tar: Path, out: Path, clip_model: str, batch_size: int, num_workers: int,
                 options: Optional[dict[str, Any]] = None) -> None:
     """Why: run the real clip-retrieval inference on one webdataset shard into `out`."""
@@ -90,7 +97,7 @@ def embed_shard(tar: Path, out: Path, clip_model: str, batch_size: int, num_work
         enable_image=True,
         enable_metadata=True,
         batch_size=batch_size,
-        num_prepro_workers=num_workers,
+        num_prepro_workers=prepro_workers(num_workers),
         clip_model=clip_model,
         use_jit=False,
         output_partition_count=1,
@@ -111,7 +118,7 @@ def embed_shards_grouped(tars: Sequence[Path], out: Path, clip_model: str, batch
     raw = out / "_clip_retrieval"
     _clip_inference()(
         input_dataset=pattern, output_folder=str(raw), input_format="webdataset", enable_text=True,
-        enable_image=True, enable_metadata=True, batch_size=batch_size, num_prepro_workers=num_workers,
+        enable_image=True, enable_metadata=True, batch_size=batch_size, num_prepro_workers=prepro_workers(num_workers),
         clip_model=clip_model, use_jit=False, output_partition_count=len(tars), enable_wandb=False,
         distribution_strategy=strategy, **(options or {}),
     )

@@ -53,8 +53,9 @@ def test_dask_local_cluster_writes_the_local_runners_archives(run, tmp_path):
     out = tmp_path / "dask"
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       env=THREADS_ENV) as cluster, Client(cluster) as client:
-        futures = [client.submit(curate_shard_stage, data, s, out, cfg, upstream, ENCODER_FP, index, None, pure=False)
-                   for s in shards]
+        index_file = cfg.workpath / "index" / "image.index"  # workers memory-map it rather than get a pickled copy
+        futures = [client.submit(curate_shard_stage, data, s, out, cfg, upstream, ENCODER_FP, index_file, None,
+                                 pure=False) for s in shards]
         reps = client.gather(futures)
         workers = {w for held in client.who_has(futures).values() for w in held}
     assert [r["images"] for r in reps] == [SHARD] * len(shards) and not any(r["cached"] for r in reps)
@@ -70,7 +71,8 @@ def test_ray_local_cluster_writes_the_local_runners_archives(run, tmp_path):
              runtime_env={"env_vars": THREADS_ENV})
     try:
         remote = ray.remote(num_cpus=1)(curate_shard_stage)
-        reps = ray.get([remote.remote(data, s, out, cfg, upstream, ENCODER_FP, index, None) for s in shards])
+        reps = ray.get([remote.remote(data, s, out, cfg, upstream, ENCODER_FP, index, None)  # a pickled index
+                        for s in shards])
     finally:
         ray.shutdown()
     assert [r["images"] for r in reps] == [SHARD] * len(shards)

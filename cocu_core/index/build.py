@@ -210,9 +210,13 @@ def build_index_stage(
     return {**report, "cached": False}
 
 
-def load_index(out_dir: str | Path, name: str = "image", embed_dir: Optional[str | Path] = None) -> Any:
+def load_index(out_dir: str | Path, name: str = "image", embed_dir: Optional[str | Path] = None,
+               mmap: bool = True) -> Any:
     """Why: readers get the index with autofaiss's tuned search parameters (nprobe, efSearch) applied;
-    with `embed_dir`, an index built over other embeddings (another encoder) is refused."""
+    with `embed_dir`, an index built over other embeddings (another encoder) is refused.
+
+    With `mmap` the file is memory-mapped read-only (faiss IO_FLAG_MMAP_IFC): vectors, codes and graph are pages
+    of the file, shared by every process on the machine and dropped by the kernel under pressure, not heap."""
     import faiss
 
     out = Path(out_dir)
@@ -222,8 +226,9 @@ def load_index(out_dir: str | Path, name: str = "image", embed_dir: Optional[str
     if embed_dir is not None:
         check_index_dir(out, embed_dir)
     infos = read_json(out / f"{name}_infos.json") if (out / f"{name}_infos.json").is_file() else {}
+    flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), flags)
     except RuntimeError as exc:
         raise IndexMismatchError(f"{path} is not a readable faiss index ({str(exc).splitlines()[0]}); "
                                  "re-run the index stage") from None
