@@ -27,7 +27,9 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     exit 2
   fi
   DEVICE="cpu"
-  : "${GPU_CHECK_PAIRS:=40}" "${GPU_CHECK_STEPS:=2}" "${GPU_CHECK_BATCH:=4}" "${GPU_CHECK_EVAL_IMAGES:=2}"
+  : "${GPU_CHECK_PAIRS:=40}" "${GPU_CHECK_STEPS:=2}" "${GPU_CHECK_BATCH:=4}" "${GPU_CHECK_EVAL_IMAGES:=2}" \
+    "${GPU_CHECK_EMBED_BATCH:=10}"
+  export GPU_CHECK_PAIRS GPU_CHECK_STEPS GPU_CHECK_BATCH GPU_CHECK_EVAL_IMAGES GPU_CHECK_EMBED_BATCH GPU_CHECK_ARCH
   : "${GPU_CHECK_ARCH:=ViT-B-32}" "${GPU_CHECK_RESULTS:=$(mktemp /tmp/gpu_check_results.XXXXXX.md)}"
 fi
 WORK="${GPU_CHECK_WORK:-$(mktemp -d /tmp/cocu_gpu_check.XXXXXX)}"
@@ -100,7 +102,8 @@ with serve_directory(work / "web") as srv:
     cfg = load_config(ROOT / "configs" / "cc3m.yaml", {
         "workdir": str(work / "run"),
         "data": {"url_list": str(tsv), "shard_size": 1000, "processes": 4, "threads": 16, "retries": 0},
-        "encoder": {"model": arch, "pretrained": weights, "inference_batch_size": 256, "num_workers": 4},
+        "encoder": {"model": arch, "pretrained": weights, "num_workers": 1,
+                    "inference_batch_size": int(os.environ.get("GPU_CHECK_EMBED_BATCH", 256))},
         "index": {"max_index_memory_usage": "4G", "current_memory_available": "16G"},
         "train": {"batch_size": batch, "max_steps": steps, "epochs": 1000, "processes": 1, "precision": "bf16",
                   "device": dev, "num_workers": 4, "checkpoint_every": max(steps, 1), "threads": 0},
