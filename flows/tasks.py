@@ -86,11 +86,16 @@ class Progress:
             frac, msg = self.probe()
         except (OSError, ValueError, KeyError):  # files being written right now: next tick
             return
-        if self._id is not None:
-            update_progress_artifact(self._id, round(100 * min(max(frac, 0.0), 1.0), 1))
+        if frac is not None:
+            self.set(frac)
         if msg and msg != self._last:
             self.logger.info(msg)
             self._last = msg
+
+    def set(self, frac: float) -> None:
+        """Why: a stage that reports its own progress (a log line with `step i/n`) moves the bar directly."""
+        if self._id is not None:
+            update_progress_artifact(self._id, round(100 * min(max(frac, 0.0), 1.0), 1))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
@@ -373,8 +378,16 @@ def train_task(cfg: PipelineConfig, threads: int) -> dict:
 
     t0 = time.time()
     out = train_dir_for(cfg)
-    with limit_threads(threads), Progress(cfg, "train", _train_probe(cfg, out)):
-        rep = train_stage(cfg, log=_log, progress=False)
+    import re
+
+    with limit_threads(threads), Progress(cfg, "train", _train_probe(cfg, out)) as bar:
+        def log(msg: str) -> None:  # the trainer's lines reach the flow-run log; `step i/n` moves the bar
+            _log(msg)
+            m = re.search(r"step (\d+)\s*/\s*(\d+)", msg)
+            if m and int(m.group(2)):
+                bar.set(int(m.group(1)) / int(m.group(2)))
+
+        rep = train_stage(cfg, log=log, progress=False)
     keys = ["variant", "model", "steps", "epochs", "samples", "first_loss", "last_loss", "seconds", "images_per_s",
             "device", "world_size"]
     publish_table(cfg, "train", item_rows(rep, keys) + [{"item": "skipped", "value": sum(rep.get("skipped", {}).values())}],
