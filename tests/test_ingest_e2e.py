@@ -124,11 +124,14 @@ def test_cocu_pipeline_flow_runs_and_reruns_from_cache(tmp_path):
                          env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-4000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    stages = ["toyworld", "download", "encoder", "embed", "index", "vocabulary", "curate", "semantic_gap"]
-    assert res["first"] == dict.fromkeys(stages, False)
-    assert res["second"] == dict.fromkeys(stages, True)
-    # switching the variant re-curates into its own folder; everything upstream (and the report) is reused
-    assert res["third"] == {**dict.fromkeys(stages, True), "curate": False}
+    stages = ["toyworld", "download", "encoder", "embed", "index", "vocabulary", "concepts", "curate", "semantic_gap",
+              "train", "evaluate"]
+    assert {k: res["first"][k] for k in stages} == dict.fromkeys(stages, False)
+    assert {k: res["second"][k] for k in stages} == dict.fromkeys(stages, True)
+    # switching the variant re-curates into its own folder and trains/evaluates that variant; everything upstream
+    # (and the report) is reused
+    assert {k: res["third"][k] for k in stages} == {**dict.fromkeys(stages, True), "curate": False, "train": False,
+                                                    "evaluate": False}
     for stage in ("toyworld-gap", "download", "encoder", "embed", "index", "vocabulary", "curate", "semantic-gap",
                   "curation-report"):
         assert f"e2e-{stage}" in res["artifacts"]
