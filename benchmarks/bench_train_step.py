@@ -15,7 +15,9 @@ jobs, ``--threads 1 --clock cpu`` (this process's CPU seconds) gives figures tha
 max-RSS growth over the steps, measured per variant in its own subprocess. Run:
     .venv/bin/python benchmarks/bench_train_step.py [--config groupvit-toy groupvit-s] [--batch N]
         [--steps 5] [--warmup 2] [--device cpu] [--threads 2] [--optimizer default|foreach|fused]
-        [--clock wall|cpu] [--stat median|min] [--no-memory]
+        [--clock wall|cpu] [--stat median|min] [--no-memory] [--precision fp32|bf16]
+``--precision bf16`` runs every variant's forward and loss under ``torch.autocast(dtype=torch.bfloat16)``, as
+training does on CUDA.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from cocu_core.model import create_model  # noqa: E402
 from cocu_core.model.hf_adapter import hf_config_dict, hf_state_dict  # noqa: E402
 
 CLOCK: Callable[[], float] = time.perf_counter  # --clock cpu: process CPU seconds (robust on a shared machine)
+PRECISION = "fp32"  # --precision bf16: forward and loss under bf16 autocast (the trainer's CUDA setting)
 STAT = "median"  # --stat min: best step (the uncontended cost when other processes share the cores)
 DEFAULT_BATCH = {"groupvit-toy": 32, "groupvit-s": 8}
 VARIANTS = ("hf", "ours-same", "ours-cocu")
@@ -136,7 +139,9 @@ def build(name: str, variant: str, batch: int, device: str, optimizer: str, seed
         """Returns the seconds spent in forward + loss + backward (the rest is the AdamW step)."""
         opt.zero_grad(set_to_none=True)
         t = CLOCK()
-        loss_fn().backward()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
+            loss = loss_fn()
+        loss.backward()
         sync(device)
         fb = CLOCK() - t
         opt.step()
@@ -223,7 +228,7 @@ def rss_peaks(name: str, batch: int, optimizer: str, threads: int) -> dict[str, 
     out = {}
     for v in VARIANTS:
         cmd = [sys.executable, __file__, "--worker", v, "--config", name, "--batch", str(batch),
-               "--optimizer", optimizer, "--threads", str(threads), "--steps", "2"]
+               "--optimizer", optimizer, "--threads", str(threads), "--steps", "2", "--precision", PRECISION]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode:
             raise RuntimeError(f"memory worker for {v} failed:\n{res.stderr[-2000:]}")
@@ -245,12 +250,14 @@ def main() -> None:
                     help="wall: elapsed seconds; cpu: this process's CPU seconds (use with --threads 1 on a busy machine)")
     ap.add_argument("--stat", choices=("median", "min"), default="median", help="statistic over the timed steps")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: forward and loss under bf16 autocast for every variant (the trainer's CUDA setting)")
     ap.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLOCK, STAT
-    STAT = args.stat
+    global CLOCK, STAT, PRECISION
+    STAT, PRECISION = args.stat, args.precision
     if args.clock == "cpu":
         CLOCK = time.process_time
     if args.worker:
@@ -258,7 +265,7 @@ def main() -> None:
                    args.steps)
         return
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, {args.stat}, "
-          f"AdamW {args.optimizer}, {args.steps} timed steps after {args.warmup} warm-up, interleaved")
+          f"AdamW {args.optimizer}, {args.precision}, {args.steps} timed steps after {args.warmup} warm-up, interleaved")
     for name in args.config:
         batch = args.batch or DEFAULT_BATCH.get(name, 8)
         diff = check_parity(name, args.device)

@@ -33,6 +33,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   : "${GPU_CHECK_ARCH:=ViT-B-32}" "${GPU_CHECK_RESULTS:=$(mktemp /tmp/gpu_check_results.XXXXXX.md)}"
 fi
 WORK="${GPU_CHECK_WORK:-$(mktemp -d /tmp/cocu_gpu_check.XXXXXX)}"
+mkdir -p "$WORK"
 RESULTS="${GPU_CHECK_RESULTS:-$ROOT/benchmarks/RESULTS.md}"
 export GPU_CHECK_DEVICE="$DEVICE" GPU_CHECK_WORK="$WORK"
 echo "gpu_check: device $DEVICE, work folder $WORK, results -> $RESULTS"

@@ -66,10 +66,16 @@ def _inputs(model):
     return images, model.tokenize(CAPTIONS)
 
 
+def _features(x):
+    """Why: transformers 4 returns the projected features as a tensor, transformers 5 as an output object."""
+    return x if isinstance(x, torch.Tensor) else x.pooler_output
+
+
 def _hf_outputs(hf, images, tokens):
     with torch.no_grad():
         o = hf(input_ids=tokens, pixel_values=images, output_attentions=True)
-        return dict(img=hf.get_image_features(images), txt=hf.get_text_features(tokens), logits=o.logits_per_image,
+        return dict(img=_features(hf.get_image_features(images)), txt=_features(hf.get_text_features(tokens)),
+                    logits=o.logits_per_image,
                     grouping=get_grouping_from_attentions(o.vision_model_output.attentions, (4, 4)),
                     stages=o.vision_model_output.attentions)
 
