@@ -7,7 +7,9 @@ One work folder and one PREFECT_HOME are shared by the tests of this module, in 
      the stage and saying a rerun resumes, no Prefect connection errors, no process left;
   2. a full run (resuming), then a rerun that is all cache hits; every stage's outputs and artifacts;
      `cocu status` says done, and stale with the field that changed;
-  3. `--only curate` one shard at a time reproduces the archives curated three at a time.
+  3. `kill -9` during `--only curate`, then a rerun one shard at a time: finished shards skipped, the archives
+     equal those curated three at a time;
+  4. `kill -9` during training, then a rerun: it resumes from the last checkpoint with the same loss curve.
 """
 
 from __future__ import annotations
@@ -170,18 +172,36 @@ def test_full_run_then_all_cache_hits_artifacts_and_status(world):
     assert "upstream 'train' is stale" in st.stdout  # evaluate follows its checkpoint
 
 
-def test_only_curate_one_shard_at_a_time_gives_the_same_archives(world):
+def test_sigkill_during_curation_resumes_one_shard_at_a_time_to_the_same_archives(world):
+    """Why: `kill -9` during curation, then a rerun: finished shards are skipped (their manifests untouched), the
+    rest curated one at a time (concurrency 1), and the archives equal the uninterrupted concurrent run's."""
     import shutil
 
     before = _archive_hashes(world)
     assert len(before) == 3
-    shutil.rmtree(world["cfg"].workpath / "curate" / "cocu")
+    curate = world["cfg"].workpath / "curate" / "cocu"
+    shutil.rmtree(curate)
+    args = ("--only", "curate", "--set", "runtime.concurrency=1")
     mark = uuid.uuid4().hex
-    proc, log = _start(world, "--only", "curate", "--set", "runtime.concurrency=1", mark=mark)
+    proc, log = _start(world, *args, mark=mark)
+    try:
+        up = wait_until(lambda: proc.poll() is not None or any(curate.glob("shard_*/manifest.json")), timeout=900,
+                        every=0.05)
+        assert up and proc.poll() is None, log.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert wait_all_gone(mark) == {}
+    finally:
+        kill_marked(mark)
+    done = {p: p.stat().st_mtime_ns for p in curate.glob("shard_*/manifest.json")}
+    assert 1 <= len(done) < 3, sorted(done)
+    mark = uuid.uuid4().hex
+    proc, log = _start(world, *args, mark=mark)
     rc = proc.wait(timeout=1800)
     out = log.read_text()
     assert rc == 0, out[-4000:]
     assert _summary_stages(out) == {"curate": False}
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # finished shards were skipped, not redone
     assert _archive_hashes(world) == before
     assert wait_all_gone(mark) == {}
 
