@@ -211,7 +211,7 @@ class CurationConfig(_Section):
     )
 
 
-TRAIN_VARIANTS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release")
+TRAIN_VARIANTS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle")
 
 
 class TrainConfig(_Section):
@@ -221,12 +221,14 @@ class TrainConfig(_Section):
     model_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Fields of the named model config to change, e.g. {drop_path_rate: 0.0}."
     )
-    variant: Optional[Literal["baseline", "v1", "v2", "v3", "cocu", "topk-release"]] = Field(
+    variant: Optional[Literal["baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle"]] = Field(
         None,
         description=(
             "Which text inputs feed the multi-label loss. None: the curation variant. `baseline`: nouns of the caption"
             " itself (GroupViT); `v1`..`v3`/`cocu`: concepts drawn from that variant's archive with its sampling;"
-            " `topk-release`: the CoCu authors' release (top-3 archive concepts by score, deterministic)."
+            " `topk-release`: the CoCu authors' release (top-3 archive concepts by score, deterministic);"
+            " `oracle` (toy world only): K of the image's ground-truth concepts, drawn uniformly anew every epoch"
+            " (the ceiling the toy world allows; its archive is built in `<workdir>/curate/oracle`)."
         ),
     )
     epochs: int = Field(5, ge=1, description="Training epochs over the downloaded pairs.")

@@ -473,18 +473,23 @@ def gap_inputs_fp(upstream_fp: str, world_fp: str) -> str:
 
 def gap_report_stage(data: CurationData, cfg: PipelineConfig, encoder_id: str, image_index=None,
                      caption_index=None) -> tuple[dict[str, dict], bool]:
-    """Why: the toy world's semantic-gap table, recomputed only when its inputs or fields change."""
+    """Why: the toy world's semantic-gap table, recomputed only when its inputs or fields change; beside it, what
+    training sees per arm whose inputs exist (`training_signal/`, its own cache: training settings and archives)."""
+    from cocu_core.evaluation.training_signal import training_signal_stage
+
     out = cfg.workpath / "reports" / "semantic_gap"
     fields = cfg.fields_for(GAP_FIELDS)
     inputs = gap_inputs_fp(curation_upstream_fp(cfg, encoder_id),
                            read_json(cfg.workpath / "toyworld" / "world.json")["fingerprint"])
     if stage_is_current(out, inputs, fields):
-        return read_json(out / "semantic_gap.json")["rows"], True
-    gt, named = toy_ground_truth(cfg.workpath / "toyworld" / "train")
-    rows = semantic_gap_report(data, cfg, gt, named, image_index, caption_index)
-    write_json_atomic(out / "semantic_gap.json", {"rows": rows})
-    write_manifest(out, "semantic_gap", inputs, fields, {"images": len(gt), "methods": len(rows)})
-    return rows, False
+        rows, cached = read_json(out / "semantic_gap.json")["rows"], True
+    else:
+        gt, named = toy_ground_truth(cfg.workpath / "toyworld" / "train")
+        rows, cached = semantic_gap_report(data, cfg, gt, named, image_index, caption_index), False
+        write_json_atomic(out / "semantic_gap.json", {"rows": rows})
+        write_manifest(out, "semantic_gap", inputs, fields, {"images": len(gt), "methods": len(rows)})
+    training_signal_stage(cfg, out / "training_signal")
+    return rows, cached
 
 
 def archive_dir_for(cfg: PipelineConfig) -> Path:

@@ -253,7 +253,7 @@ def _train(cfg: PipelineConfig, up: dict[str, StageStatus]) -> StageStatus:
 
     folder = train_dir_for(cfg)
     needs = {k: up[k] for k in ("download", "curate") if k in up}
-    if train_variant(cfg) == "baseline":
+    if train_variant(cfg) in ("baseline", "oracle"):  # the caption alone, or the toy world's ground truth
         needs.pop("curate", None)
     inputs = None
     if all(s.state == DONE for s in needs.values()):

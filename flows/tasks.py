@@ -321,16 +321,21 @@ def gap_report_task(cfg: PipelineConfig, data, indexes: dict, encoder_id: str, t
     """Precision/recall of top-3 curated concepts vs the toy world's ground truth, per method."""
     from cocu_core.curation_stage import archive_dir_for, examples_markdown, gap_report_stage
     from cocu_core.evaluation.semantic_gap import format_gap_report
+    from cocu_core.evaluation.training_signal import format_training_signal, training_signal_stage
 
     with limit_threads(threads):
         rows, cached = gap_report_stage(data, cfg, encoder_id, indexes["image"], indexes["caption"])
     table = format_gap_report(rows)
+    with limit_threads(threads):  # cached: the stage above computed it
+        signal, _ = training_signal_stage(cfg)
+    seen = f"## What training sees (per arm, over {cfg.train.epochs} epochs)\n\n{format_training_signal(signal)}\n\n" \
+        if signal else ""
     examples = examples_markdown(archive_dir_for(cfg), cfg.workpath / "toyworld" / "train", data)
     publish_table(cfg, "semantic-gap", [{"method": m, **r} for m, r in rows.items()],
                   "Top-3 curated concepts vs ground truth (toy world train split)")
-    publish_markdown(cfg, "curation-report", f"# Semantic gap ({cfg.curation.variant})\n\n{table}\n\n"
+    publish_markdown(cfg, "curation-report", f"# Semantic gap ({cfg.curation.variant})\n\n{table}\n\n{seen}"
                                              f"## Examples\n\n{examples}\n")
-    return {"rows": rows, "table": table, "cached": cached}
+    return {"rows": rows, "table": table, "training_signal": signal, "cached": cached}
 
 
 @task(name="publish-archives", **STAGE_TASK)

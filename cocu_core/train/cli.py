@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from cocu_core.cli import UserError, _load, _with_config, command
+from cocu_core.config import TRAIN_VARIANTS
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
     _with_config(p, required=True)
     p.add_argument("--variant", default=None,
-                   choices=["baseline", "v1", "v2", "v3", "cocu", "topk-release"],
+                   choices=list(TRAIN_VARIANTS),
                    help="text inputs of the multi-label loss (default: train.variant, else curation.variant)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its newest checkpoint (otherwise it restarts)")

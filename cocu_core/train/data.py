@@ -18,7 +18,9 @@ drawn at random from ``cfg.templates``; missing prompts are the caption (GV's pa
 replacement. ``v1``/``v2``/``v3``/``cocu``: concepts drawn from the archive by
 :class:`~cocu_core.curation.sampling.ConceptSampler` (the archive's ``k_sample`` and
 ``naive_sampling``), anew every epoch. ``topk-release``: the K best archive concepts by score
-(the CoCu authors' release), the same every epoch.
+(the CoCu authors' release), the same every epoch. ``oracle``: K of the image's ground-truth concepts
+(the toy world's oracle archive, :mod:`cocu_core.toyworld.oracle`), uniformly without replacement,
+anew every epoch.
 
 A sample that cannot be used is never fatal: no archive row or no image member is left out when
 indexing (``skipped_at_index``); an undecodable image is dropped from its batch and counted
@@ -225,21 +227,31 @@ class PromptMaker:
     def __init__(self, variant: str, k: int, templates: Sequence[str], sampler=None):
         self.variant, self.k, self.templates, self.sampler = variant, k, tuple(templates), sampler
 
-    def concepts(self, caption: str, entry, rng: np.random.Generator) -> list[str]:
-        """Why: the (at most K) words or concepts this step trains on, in draw order."""
+    def candidates(self, caption: str, entry) -> list[str]:
+        """Why: what an image's prompts are drawn from (caption nouns for baseline, else its archive concepts);
+        fixed per image, so a report over many epochs computes it once."""
         if self.variant == "baseline":
             from cocu_core.train.nouns import caption_nouns
 
-            words = caption_nouns(caption)
-            picks = rng.choice(len(words), min(self.k, len(words)), replace=False) if words else []
-            return [words[i] for i in picks]
-        if entry is None or not entry.concepts:
-            return []
+            return caption_nouns(caption)
+        return list(entry.concepts) if entry is not None else []
+
+    def pick(self, candidates: Sequence[str], entry, rng: np.random.Generator) -> np.ndarray:
+        """Why: the positions into `candidates` one step trains on (at most K, in draw order): the only
+        random part of an image's concepts."""
+        n = len(candidates)
+        if n == 0:
+            return np.empty(0, np.int64)
+        if self.variant in ("baseline", "oracle"):
+            return np.asarray(rng.choice(n, min(self.k, n), replace=False), np.int64)
         if self.variant == "topk-release":
-            order = np.lexsort((entry.concept_ids, -np.asarray(entry.scores)))[: self.k]
-        else:
-            order = self.sampler.sample_indices(entry, rng)[: self.k]
-        return [entry.concepts[i] for i in order]
+            return np.lexsort((entry.concept_ids, -np.asarray(entry.scores)))[: self.k]
+        return np.asarray(self.sampler.sample_indices(entry, rng), np.int64)[: self.k]
+
+    def concepts(self, caption: str, entry, rng: np.random.Generator) -> list[str]:
+        """Why: the (at most K) words or concepts this step trains on, in draw order."""
+        words = self.candidates(caption, entry)
+        return [words[i] for i in self.pick(words, entry, rng)]
 
     def __call__(self, caption: str, entry, rng: np.random.Generator) -> list[str]:
         """Why: ``[caption, p1 .. pK]``: one random template per concept, the caption padding the rest."""
@@ -479,6 +491,10 @@ class TrainData:
         if variant in ARCHIVE_VARIANTS and reader.variant != variant:
             raise TrainDataError(f"train variant {variant!r} needs an archive curated as {variant!r}, but {path} "
                                  f"was curated as {reader.variant!r}")
+        if (variant == "oracle") != (reader.variant == "oracle"):
+            raise TrainDataError(f"train variant {variant!r} cannot read {path}: it holds "
+                                 f"{'ground-truth' if reader.variant == 'oracle' else 'curated'} concepts "
+                                 f"(archive variant {reader.variant!r})")
         return reader
 
     def close(self) -> None:
@@ -497,9 +513,29 @@ class TrainData:
 
     def texts_for(self, epoch: int, i: int) -> list[str]:
         """Why: inspect the text inputs a sample gets in an epoch without decoding its image."""
+        caption, entry = self.prompt_inputs(i)
+        return self.prompts(caption, entry, self.text_rng(epoch, i))
+
+    @property
+    def prompts(self) -> PromptMaker:
+        """Why: reports replay the variant's concept draws (candidates once, a pick per epoch) without images."""
+        return self._samples.prompts
+
+    def prompt_inputs(self, i: int) -> tuple[str, Any]:
+        """Why: the caption and archive entry (None without an archive) sample i's prompts are made from."""
         d = self._samples
         entry = d.entry(i)
-        return d.prompts(d.caption(i, entry), entry, d.sample_seeds(epoch, i)[1])
+        return d.caption(i, entry), entry
+
+    def text_rng(self, epoch: int, i: int) -> np.random.Generator:
+        """Why: the generator sample i's prompts draw from in `epoch`, the very one training uses."""
+        return self._samples.sample_seeds(epoch, i)[1]
+
+    def epoch_samples(self, epoch: int, steps: Optional[int] = None) -> np.ndarray:
+        """Why: the samples the epoch's first `steps` (default: all) global batches hold; the incomplete last
+        batch is dropped, so a few samples sit out each epoch."""
+        steps = self.steps_per_epoch if steps is None else max(0, min(steps, self.steps_per_epoch))
+        return self.epoch_order(epoch)[: steps * self.global_batch]
 
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
         """Why: this rank's slice of every global batch of `epoch`, from `start_step` (resume) to the end."""

@@ -30,9 +30,10 @@ TRAIN_VERSION = 1  # bump when the same inputs and settings train differently
 RUNTIME_FIELDS = {"train.device", "train.processes", "train.nnodes", "train.threads", "train.num_workers",
                   "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.variant"}
 # Which curated archive each training variant reads (None: the caption alone). The authors' release ranks the
-# full method's archive (vision-driven + T2V) and takes its top concepts.
+# full method's archive (vision-driven + T2V) and takes its top concepts; the oracle reads the toy world's
+# ground truth in the same format (cocu_core.toyworld.oracle, one manifest for the folder).
 ARCHIVE_FOR: dict[str, Optional[str]] = {"baseline": None, "v1": "v1", "v2": "v2", "v3": "v3", "cocu": "cocu",
-                                         "topk-release": "cocu"}
+                                         "topk-release": "cocu", "oracle": "oracle"}
 
 
 class TrainStageError(FileNotFoundError):
@@ -68,7 +69,14 @@ def train_inputs(cfg: PipelineConfig, variant: str) -> tuple[Path, Optional[Path
     parts = {"download": _stage_key(download, "download stage"), "version": TRAIN_VERSION, "variant": variant}
     archive_variant = ARCHIVE_FOR[variant]
     archive_dir = None
-    if archive_variant:
+    if archive_variant == "oracle":
+        archive_dir = cfg.workpath / "curate" / "oracle"
+        m = read_manifest(archive_dir)
+        if not m:
+            raise TrainStageError(f"training variant 'oracle' needs the ground-truth archive in {archive_dir}; "
+                                  "`cocu train --variant oracle` builds it (toy world only)")
+        parts["archives"] = {"oracle": m["cache_key"]}
+    elif archive_variant:
         archive_dir = cfg.workpath / "curate" / archive_variant
         shard_dirs = sorted(archive_dir.glob("shard_*")) if archive_dir.is_dir() else []
         if not shard_dirs:
@@ -84,6 +92,10 @@ def train_stage(cfg: PipelineConfig, variant: Optional[str] = None, out_dir: Opt
     """Why: train (or reuse) the GroupViT of one variant; resumes a killed run from its newest checkpoint."""
     variant = train_variant(cfg, variant)
     out = Path(out_dir) if out_dir else train_dir_for(cfg, variant)
+    if variant == "oracle":
+        from cocu_core.toyworld.oracle import oracle_archive_stage
+
+        oracle_archive_stage(cfg)  # refuses without a toy world; cached on (toy world, download)
     shards, archives, inputs = train_inputs(cfg, variant)
     fields = train_fields(cfg)
     key = fingerprint({"inputs": inputs, "config": fields})
