@@ -358,6 +358,55 @@ class RuntimeConfig(_Section):
         return " ".join(fields)
 
 
+ABLATION_ARMS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle")
+
+
+class AblationConfig(_Section):
+    """The paper's Table 3 in miniature (`cocu ablation`): one GroupViT per arm and seed, same budget and data order."""
+
+    arms: list[str] = Field(
+        default_factory=lambda: list(ABLATION_ARMS),
+        description=(
+            "Training variants compared, one table row each: `baseline` (caption nouns, GroupViT), `v1`..`v3`,"
+            " `cocu` (full CoCu), `topk-release` (the authors' top-3 release) and `oracle` (prompts = the image's"
+            " ground-truth concepts: the ceiling the toy world allows)."
+        ),
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1],
+        description="`train.seed` of each repetition (init, data order, augmentation, sampling): the spread is their std.",
+    )
+    epochs: int = Field(5, ge=1, description="Training epochs of every arm (the per-arm budget; `train.max_steps` still caps it).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the arms train and are evaluated (`auto`: CUDA when present, else CPU)."
+    )
+    out: str = Field("ablation", description="Output folder under `workdir` (runs, table, plots, maps, report).")
+    map_images: int = Field(
+        4, ge=0, description="Val images drawn for the missing-concept activation maps (the paper's Figure 4)."
+    )
+    map_arms: list[str] = Field(
+        default_factory=lambda: ["baseline", "cocu"],
+        description="Arms shown side by side in the activation maps and the loss-curve plot (Figures 3a and 4).",
+    )
+
+    @field_validator("arms", "map_arms")
+    @classmethod
+    def _known_arms(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in ABLATION_ARMS]
+        if bad:
+            raise ValueError(f"unknown arm(s) {bad}; choose from {list(ABLATION_ARMS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"arms repeat: {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"needs at least one seed and no repeats, got {v}")
+        return v
+
+
 class PipelineConfig(_Section):
     """The whole pipeline: one YAML file, one model."""
 
@@ -371,6 +420,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="GroupViT training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Concurrency, schedule, versions kept.")
+    ablation: AblationConfig = Field(default_factory=AblationConfig, description="The ablation of `cocu ablation`.")
 
     @field_validator("workdir")
     @classmethod

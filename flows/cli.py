@@ -38,14 +38,15 @@ def flow_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def _stop(proc: subprocess.Popen, config: str, workpath: Path) -> int:
+def _stop(proc: subprocess.Popen, config: str, workpath: Path, interrupted_line=None) -> int:
     """Why: first Ctrl-C: ask the flow to stop (it records the interrupted stage and says so); a second
     Ctrl-C, or no exit within FORCE_AFTER_S, kills the flow's whole process tree."""
     import json
 
     from cocu_core.proc import kill_group
-    from flows.run import interrupted_line
 
+    if interrupted_line is None:
+        from flows.run import interrupted_line
     try:
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=FORCE_AFTER_S)
@@ -68,23 +69,29 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the `cocu_pipeline` Prefect flow for a config (cached stages are skipped; a rerun resumes)."""
-    from cocu_core.proc import tree_env
     from cocu_core.stages import preflight, select_stages
 
     cfg = _load(args)
     if "download" in select_stages(cfg, args.only, args.from_stage):  # mistakes: one line, before Prefect starts
         preflight(cfg)
+    return run_flow_process(flow_command(args), args.config, cfg.workpath)
+
+
+def run_flow_process(cmd: list[str], config: str, workpath: Path, interrupted_line=None) -> int:
+    """Why: a flow runs in a child process of its own session, so one Ctrl-C stops it cleanly (see flows/run.py)."""
+    from cocu_core.proc import tree_env
+
     root = str(Path(__file__).resolve().parent.parent)
     env = tree_env({"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
     # Own session: the terminal's Ctrl-C reaches only this process, which forwards it (see flows/run.py);
     # the child and everything it starts die with this process if it is killed (PDEATHSIG, cocu_core/proc.py).
-    proc = subprocess.Popen(flow_command(args), env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         rc = proc.wait()
         return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
     except KeyboardInterrupt:
-        return _stop(proc, args.config, cfg.workpath)
+        return _stop(proc, config, workpath, interrupted_line)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
@@ -95,6 +102,69 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 command("run", _setup_run)(cmd_run)
+
+
+def _setup_ablation(p: argparse.ArgumentParser) -> None:
+    _with_config(p, required=True)
+    p.add_argument("--arms", default=None, metavar="A,B,...",
+                   help="arms to compare (default: ablation.arms): baseline, v1, v2, v3, cocu, topk-release, oracle")
+    p.add_argument("--seeds", default=None, metavar="0,1,...", help="training seeds (default: ablation.seeds)")
+    p.epilog = ("Trains train.model (groupvit-toy) per arm and seed with the same budget (ablation.epochs), initialisation and data "
+                "order, evaluates each on the toy world's val split and writes <workdir>/<ablation.out>/: table.md "
+                "and table.json (mean and std over seeds of mIoU, stuff/thing mIoU, zero-shot top-1), "
+                "loss_curves.png, maps/ (concepts missing from the captions, baseline beside CoCu) and report.md. "
+                "Missing upstream stages (curation of every variant the arms read) run first; finished runs are "
+                "reused, so a rerun resumes. Example: cocu ablation -c configs/toy.yaml --arms baseline,cocu "
+                "--seeds 0,1 --set ablation.epochs=2")
+
+
+def ablation_overrides(args: argparse.Namespace) -> list[str]:
+    """Why: `--arms`/`--seeds` are shorthands for `--set ablation.arms=[...]`/`--set ablation.seeds=[...]`."""
+    from cocu_core.cli import UserError
+
+    out = list(args.set or [])
+    if args.arms is not None:
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        if not arms:
+            raise UserError("--arms needs at least one arm, e.g. --arms baseline,cocu")
+        out.append("ablation.arms=[" + ",".join(arms) + "]")
+    if args.seeds is not None:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--seeds takes whole numbers separated by commas, got '{args.seeds}'") from None
+        if not seeds:
+            raise UserError("--seeds needs at least one seed, e.g. --seeds 0,1")
+        out.append("ablation.seeds=[" + ",".join(map(str, seeds)) + "]")
+    return out
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """Run the paper's ablation (Table 3) in miniature: every arm x seed trained and evaluated, then the report."""
+    from cocu_core.ablation import split_arms
+
+    args.set = ablation_overrides(args)
+    cfg = _load(args)  # mistakes (bad arm, bad field): one line, before Prefect starts
+    if cfg.data.source != "toyworld":
+        from cocu_core.cli import UserError
+
+        raise UserError(f"the ablation runs on the toy world; config '{cfg.name}' has data.source "
+                        f"'{cfg.data.source}'")
+    for arm, why in split_arms(cfg.ablation.arms)[1].items():
+        print(f"note: arm '{arm}' will be reported as not available: {why}", file=sys.stderr)
+    cmd = [sys.executable, "-m", "flows.ablation", "--config", str(Path(args.config).resolve())]
+    for item in args.set:
+        cmd += ["--set", item]
+    return run_flow_process(cmd, args.config, cfg.workpath, _ablation_interrupted)
+
+
+def _ablation_interrupted(stage: str | None, config: str) -> str:
+    from flows.ablation import interrupted_line  # imports Prefect: only after an interrupt
+
+    return interrupted_line(stage, config)
+
+
+command("ablation", _setup_ablation)(cmd_ablation)
 
 
 def _setup_deploy(p: argparse.ArgumentParser) -> None:

@@ -107,6 +107,24 @@ def window_logits(model, windows: torch.Tensor, classes: torch.Tensor, settings:
     return logits
 
 
+@torch.no_grad()
+def concept_maps(model, image: np.ndarray, texts: torch.Tensor, settings: SegSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Why: where each text lights up in an image (the paper's Figure 4), whatever the top-k mask keeps: each group's
+    cosine similarity to the text embedding, spread to pixels by the soft assignment; also each pixel's hard group.
+
+    ``texts`` is (K, D), normalised; returns the group map (H, W) and the maps (K, H, W) at the image's size.
+    """
+    device = texts.device
+    h, w = image.shape[:2]
+    x = to_model_input(image, rescale_size(h, w, settings.resize_long, settings.resize_short), device)
+    feats = model.encode_image(x, return_attn=True)
+    size = tuple(x.shape[-2:])
+    soft = pixel_groups(feats.attn_soft, model.patch_grid(*size), size)
+    soft = F.interpolate(soft, size=(h, w), mode="bilinear", align_corners=False)[0]  # (G, H, W)
+    sim = F.normalize(feats.groups.float(), dim=-1)[0] @ texts.float().T  # (G, K)
+    return soft.argmax(0), torch.einsum("ghw,gk->khw", soft, sim)
+
+
 def window_boxes(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
     """Why: mmseg's slide_inference grid: windows of `crop` every `stride`, the last one flush with the edge."""
     hc, wc = min(crop, h), min(crop, w)

@@ -136,31 +136,28 @@ def evaluate_segmentation(model, ds, cfg: PipelineConfig, device: torch.device, 
 
 def _panel(model, s, pred, classes, settings, ds, out_dir: Path, missing: dict[str, list[str]]) -> str:
     """Why: a picture per image: truth, prediction, groups and the maps of concepts the caption left out."""
-    import torch.nn.functional as F
-
-    from cocu_core.evaluation.pictures import panel_png
-    from cocu_core.evaluation.segmentation import rescale_size, to_model_input, window_logits
-
-    device = classes.device
-    h, w = s.image.shape[:2]
-    x = to_model_input(s.image, rescale_size(h, w, settings.resize_long, settings.resize_short), device)
-    _, soft, aff = window_logits(model, x, classes, settings, return_soft=True)
-    soft = F.interpolate(soft, size=(h, w), mode="bilinear", align_corners=False)[0]  # (G, H, W)
-    groups = soft.argmax(0).cpu().numpy()
-    names = _class_lists(ds)
     present = [ds.class_names[c] for c in np.unique(s.label) if c != ds.ignore_index and
                (not ds.has_background or c != 0)]
     wanted = missing.get(s.id, present) if missing else present
-    maps = {}
-    for c in wanted[:4]:
-        if c in names:
-            j = names.index(c)
-            maps[c] = torch.einsum("ghw,g->hw", soft, aff[0, :, j]).cpu().numpy()
     path = out_dir / "panels" / f"{ds.name}_{s.id}.png"
-    panel_png(path, s.image, s.label, pred.cpu().numpy(), groups, maps, list(ds.class_names), ds.palette,
-              f"{ds.name} {s.id}" + (" (maps: concepts missing from the caption)" if missing else ""),
-              ignore_index=ds.ignore_index)
+    concept_panel(model, s, pred, classes, settings, ds, path, wanted,
+                  f"{ds.name} {s.id}" + (" (maps: concepts missing from the caption)" if missing else ""))
     return str(path)
+
+
+def concept_panel(model, s, pred, classes, settings, ds, path: Path, concepts: Sequence[str], title: str) -> Path:
+    """Why: one row per image and model: image, truth, prediction, groups and where up to 4 of the given concepts
+    light up (:func:`~cocu_core.evaluation.segmentation.concept_maps`); the evaluation panels and the ablation's
+    Figure 4 draw the same thing."""
+    from cocu_core.evaluation.pictures import panel_png
+    from cocu_core.evaluation.segmentation import concept_maps
+
+    names = _class_lists(ds)
+    wanted = [c for c in concepts if c in names][:4]
+    groups, maps = concept_maps(model, s.image, classes[[names.index(c) for c in wanted]], settings)
+    return panel_png(path, s.image, s.label, pred.cpu().numpy(), groups.cpu().numpy(),
+                     dict(zip(wanted, maps.cpu().numpy())), list(ds.class_names), ds.palette, title,
+                     ignore_index=ds.ignore_index)
 
 
 def evaluate_classification(model, cfg: PipelineConfig, device: torch.device) -> dict[str, Any]:
