@@ -243,4 +243,7 @@ def test_sigkill_during_training_resumes_with_the_same_curve(world):
     proc, log = _start(world, *train, mark=mark)
     assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
     assert "train: resumed from step_" in log.read_text()
-    assert _curve(world) == reference  # the curve continues where it stopped: same steps, same losses
+    resumed = _curve(world)  # the curve continues where it stopped: same steps and rates, the same losses
+    assert [(r["step"], r["epoch"], r["lr"]) for r in resumed] == [(r["step"], r["epoch"], r["lr"]) for r in reference]
+    for a, b in zip(resumed, reference):  # to float noise: MKL may use fewer threads on a busy machine
+        assert all(abs(float(a[k]) - float(b[k])) < 1e-4 for k in ("loss", "loss_image_text", "loss_multi_label")), (a, b)
