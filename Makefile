@@ -22,8 +22,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# The quick benchmarks (< 10 min on 2 cores) and their ratios; full sizes and the scale runs: benchmarks/RESULTS.md.
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@PY=$(PY) bash benchmarks/quick.sh
 
 # The paper's Table 3 in miniature on the toy world: every arm x seed (configs/toy.yaml `ablation`), about an hour on
 # 2 CPU cores; outputs in runs/toy/ablation/ (table.md, loss_curves.png, maps/, report.md).

@@ -2,6 +2,11 @@
 index -> curation inputs -> curate, through the real stage functions, each stage in its own process.
 
 Run (nice: the cores are shared):  nice -n 19 .venv/bin/python benchmarks/bench_scale.py --n 200000
+Stages can run in separate invocations (`--stages curate` resumes a run whose other stages finished: each stage's row is
+appended to <root>/bench_scale_<n>.rows.jsonl and the result JSON holds the latest row per stage); `--stages
+curate-sample` curates a few shards spread over the corpus (per-image cost and memory at a size whose full curate
+stage takes long); `--report FILE...` prints the RESULTS.md table and extrapolation from result JSONs or rows files.
+A quick run of every stage: `--n 20000 --root /tmp/cocu_scale_quick --fresh`.
 
 Per stage it prints wall time, images/s and peak anonymous memory (RssAnon of /proc/self/status sampled every
 20 ms in a thread of the stage's process: heap and faiss allocations count, pages of memory-mapped input files the
@@ -298,8 +303,9 @@ def run_stage(stage: str, root: Path, n: int) -> dict[str, Any]:
 
             rep = build_index_stage(w / "embed", w / "index", cfg)
             out.update({f"{k}_{name}": v for name, r in rep.items() if isinstance(r, dict) for k, v in r.items()})
-        elif stage in ("curate", "inputs"):
-            out.update(_curate(cfg, only_inputs=stage == "inputs"))
+        elif stage in ("curate", "inputs", "curate-sample"):
+            out.update(_curate(cfg, only_inputs=stage == "inputs",
+                               sample=int(os.environ.get("BENCH_SAMPLE_SHARDS", "8")) if stage == "curate-sample" else 0))
         else:
             raise SystemExit(f"unknown stage {stage}")
     st = PeakSampler.status()
@@ -309,7 +315,15 @@ def run_stage(stage: str, root: Path, n: int) -> dict[str, Any]:
     return out
 
 
-def _curate(cfg, only_inputs: bool) -> dict[str, Any]:
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _curate(cfg, only_inputs: bool, sample: int = 0) -> dict[str, Any]:
+    """Why: the curate stage's work (concept embeddings, curation inputs, every shard's archive); with `sample` > 0,
+    only that many shards spread over the corpus, into `curate_sample/` (the stage's own archives stay untouched),
+    to measure per-image cost and memory at a size whose full stage takes long."""
     from cocu_core.curation_stage import (archive_dir_for, concept_embeddings_stage, curate_shard_stage,
                                           curation_upstream_fp, load_curation_data, shard_names)
     from cocu_core.index import load_index
@@ -325,12 +339,29 @@ def _curate(cfg, only_inputs: bool) -> dict[str, Any]:
         return {"inputs_seconds": round(inputs_s, 2), "concepts": len(data.concepts)}
     upstream = curation_upstream_fp(cfg, "synthetic-clip-0")
     index = load_index(w / "index", "image", embed_dir=w / "embed")  # variant cocu: only the image index is read
-    t1 = time.time()
-    res = [curate_shard_stage(data, s, archive_dir_for(cfg), cfg, upstream, "synthetic-clip-0", index, None)
-           for s in shard_names(data)]
+    names = list(shard_names(data))
+    out_dir = archive_dir_for(cfg)
+    if sample:
+        names = [names[i] for i in np.linspace(0, len(names) - 1, min(sample, len(names))).round().astype(int)]
+        out_dir = cfg.workpath / "curate_sample" / cfg.curation.variant
+        import shutil
+
+        shutil.rmtree(out_dir, ignore_errors=True)
+    t1, c1 = time.time(), _cpu()
+    res, shard_cpu = [], []
+    for s in names:
+        c = _cpu()
+        res.append(curate_shard_stage(data, s, out_dir, cfg, upstream, "synthetic-clip-0", index, None))
+        shard_cpu.append(round(_cpu() - c, 2))
     sizes = [r["mean_archive_size"] * r["images"] for r in res]
+    computed = [r for r in res if not r.get("cached")]
     return {"inputs_seconds": round(inputs_s, 2), "curate_seconds": round(time.time() - t1, 2),
-            "images": sum(r["images"] for r in res), "shards": len(res), "cached_shards": sum(bool(r.get("cached")) for r in res),
+            "curate_cpu_seconds": round(_cpu() - c1, 2),
+            "images": sum(r["images"] for r in res), "shards": len(res), "cached_shards": len(res) - len(computed),
+            "computed_images": sum(r["images"] for r in computed),
+            "shard_seconds": [round(r.get("seconds", 0), 2) for r in computed],
+            # the first computed shard pays for paging the memory-mapped index in; the others are the steady state
+            "shard_cpu_seconds": [c for c, r in zip(shard_cpu, res) if not r.get("cached")],
             "mean_archive_size": round(sum(sizes) / max(1, sum(r["images"] for r in res)), 2)}
 
 
@@ -380,9 +411,133 @@ def run_all(root: Path, n: int, stages: Sequence[str]) -> list[dict[str, Any]]:
         rows.append(row)
         with open(root / f"bench_scale_{n}.rows.jsonl", "a") as f:  # partial runs (--stages) accumulate here
             f.write(json.dumps(row, default=str) + "\n")
+        detail = ""
+        if stage == "index":
+            detail = ", " + ", ".join(f"{k} {row.get(f'index_key_{k}')} ({row.get(f'index_param_{k}')}) built in "
+                                      f"{row.get(f'build_seconds_{k}')} s, recall@8 {row.get(f'recall@8_{k}')}"
+                                      for k in ("image", "caption"))
+        elif stage in ("curate", SAMPLE):
+            detail = (f", {row['computed_images']:,} images curated in {row['curate_cpu_seconds']} CPU s: "
+                      f"{row['computed_images'] / max(row['curate_cpu_seconds'], 1e-9):,.0f} images per CPU s")
+            steady = steady_rate(row)
+            if steady:
+                detail += f" ({steady:,.0f} after the first shard)"
         print(f"{stage}: {row['seconds']} s ({row.get('cpu_seconds')} s CPU), peak anon {row['peak_anon'] / 2**20:.0f} MiB, "
-              f"VmHWM {row['vm_hwm'] / 2**20:.0f} MiB", flush=True)
+              f"VmHWM {row['vm_hwm'] / 2**20:.0f} MiB{detail}", flush=True)
     return rows
+
+
+PAPER_PAIRS = 27_000_000
+PARALLEL = {"index": True, "curate": True}  # faiss threads / one shard task per core; the other stages run in one process
+SAMPLE = "curate-sample"  # not in STAGES: run on request (--stages curate-sample), a few shards of the curate stage
+STAGE_DIRS = {"embed": ("embed", "embed/parts"), "vocabulary": ("vocabulary",), "index": ("index",),
+              "inputs": ("curation_inputs",), "curate": ("curate",)}
+
+
+def load_run(f: Path) -> dict[str, Any]:
+    """Why: a finished run's JSON, or the rows file of a partial one (the latest row per stage; disk measured now,
+    from its folder, for the stages it holds: a stage that did not finish has no row, so no size)."""
+    f = Path(f)
+    if not f.name.endswith(".rows.jsonl"):
+        return json.loads(f.read_text())
+    latest: dict[str, Any] = {}
+    for line in f.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            latest[r["stage"]] = r
+    disk = {d: du(f.parent / d) for st, dirs in STAGE_DIRS.items() if st in latest for d in dirs}
+    return {"n": int(f.name[len("bench_scale_"):-len(".rows.jsonl")]), "disk": disk, "partial": True,
+            "rows": [latest[st] for st in (*STAGES, SAMPLE) if st in latest]}
+
+
+def merge_runs(files: Sequence[Path]) -> list[dict[str, Any]]:
+    """Why: stages of one size measured in separate invocations (or folders) make one column; a later file wins."""
+    by_n: dict[int, dict[str, Any]] = {}
+    for f in files:
+        r = load_run(f)
+        m = by_n.setdefault(r["n"], {"n": r["n"], "rows": {}, "disk": {}})
+        m["rows"].update({x["stage"]: x for x in r["rows"]})
+        m["disk"].update(r.get("disk", {}))
+    return [by_n[n] for n in sorted(by_n)]
+
+
+def steady_rate(row: dict[str, Any]) -> Optional[float]:
+    """Why: images per CPU s of the shards after the first (which pages the memory-mapped index in), when recorded."""
+    cpu = row.get("shard_cpu_seconds") or []
+    if len(cpu) < 2 or row.get("cached_shards"):
+        return None
+    return row["computed_images"] * (len(cpu) - 1) / len(cpu) / max(sum(cpu[1:]), 1e-9)
+
+
+def stage_cost(stage: str, row: dict[str, Any], n: int) -> tuple[float, float, int]:
+    """Why: (wall s, CPU s, pairs) a stage row stands for: the sample counts its shard loop over its own images; a
+    resumed curate stage only the images it computed (cached shards cost nothing)."""
+    if stage == SAMPLE:
+        cpu = row.get("shard_cpu_seconds") or []
+        if steady_rate(row):  # the first shard's index page-in is once per process, not per image: left out
+            k = len(cpu)
+            return sum(row["shard_seconds"][1:]), sum(cpu[1:]), row["computed_images"] * (k - 1) // k
+        return row["curate_seconds"], row["curate_cpu_seconds"], row["computed_images"]
+    pairs = row.get("computed_images", n) if stage == "curate" else n
+    return row["seconds"], row["cpu_seconds"], pairs
+
+
+def report(files: Sequence[Path]) -> str:
+    """Why: the RESULTS.md table (CPU seconds: contention on shared cores moves wall time, not CPU time) and the
+    extrapolation to the paper's 27M pairs. Stages a run lacks are shown as not measured, never filled in."""
+    runs = merge_runs(files)
+    lines = ["| stage | " + " | ".join(f"{r['n']:,} pairs: wall s / CPU s / pairs per CPU s / peak anon MiB"
+                                       for r in runs) + " | CPU per pair, largest / smallest size measured |",
+             "|---|" + "---|" * (len(runs) + 1)]
+    per: dict[str, list[tuple[int, float]]] = {}  # stage -> [(n, CPU s per pair)], ascending n
+    for stage in (*STAGES, SAMPLE):
+        if not any(stage in r["rows"] for r in runs):
+            continue
+        cells = []
+        for r in runs:
+            row = r["rows"].get(stage)
+            if row is None:
+                cells.append("not measured")
+                continue
+            wall, cpu, pairs = stage_cost(stage, row, r["n"])
+            per.setdefault(stage, []).append((r["n"], cpu / pairs))
+            extra = ""
+            if stage == SAMPLE:
+                extra = (f" ({row['shards'] - 1} shards after the first of {row['shards']} spread over the corpus)"
+                         if steady_rate(row) else f" ({row['shards']} shards spread over the corpus)")
+            cells.append(f"{wall:,.0f} / {cpu:,.0f} / {pairs / cpu:,.0f} / {row['peak_anon'] / 2**20:,.0f}{extra}")
+        pts = per.get(stage, [])
+        ratio = (f"{pts[-1][1] / pts[0][1]:.2f}x ({pts[-1][0]:,} / {pts[0][0]:,})" if len(pts) > 1 else "-")
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", f"Extrapolation to {PAPER_PAIRS / 1e6:.0f}M pairs: CPU seconds per pair at the largest size where the "
+              "stage was measured x pairs; one-process stages run on one core whatever the machine, parallel stages "
+              "on all cores:", "",
+              "| stage | measured at | CPU hours | 2 cores, hours | 16-core node, hours |", "|---|---|---:|---:|---:|"]
+    tot2 = tot16 = 0.0
+    for stage in STAGES:
+        if stage == "write" or stage not in per:
+            continue
+        n_at, cpu_pp = per[stage][-1]
+        src = f"{n_at:,}"
+        if stage == "curate" and SAMPLE in per and per[SAMPLE][-1][0] > n_at:  # a sample at a larger size wins
+            n_at, cpu_pp = per[SAMPLE][-1]
+            src = f"{n_at:,} (sample of shards; full stage measured at {per[stage][-1][0]:,})"
+        cpu_h = cpu_pp * PAPER_PAIRS / 3600
+        h2, h16 = (cpu_h / 2, cpu_h / 16) if PARALLEL.get(stage) else (cpu_h, cpu_h)
+        tot2, tot16 = tot2 + h2, tot16 + h16
+        lines.append(f"| {stage} | {src} | {cpu_h:.1f} | {h2:.1f} | {h16:.1f} |")
+    lines.append(f"| **total** (after download and inference) | | | **{tot2:.1f}** | **{tot16:.1f}** |")
+    disk: dict[str, tuple[int, float]] = {}  # name -> (size measured at, GiB at 27M)
+    for r in runs:  # the largest size that measured each folder
+        d = dict(r["disk"])
+        if "embed" in d and "embed/parts" in d:
+            d["embed"] -= d["embed/parts"]
+        names = {"embed/parts": "clip-retrieval parts (float16)", "embed": "assembled embeddings + metadata"}
+        for k, v in d.items():
+            disk[names.get(k, k)] = (r["n"], v / r["n"] * PAPER_PAIRS / 2**30)
+    lines += ["", "Disk at 27M pairs (bytes per pair measured x 27M, at the size in brackets): " + ", ".join(
+        f"{k} {v:,.1f} GiB ({n_at:,})" for k, (n_at, v) in disk.items()) + "."]
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -391,21 +546,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--root", type=Path, default=None, help="work folder (default /tmp/cocu_scale_<n>)")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--run-stage", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--sample-shards", type=int, default=8, help=f"shards the {SAMPLE} stage curates")
+    ap.add_argument("--fresh", action="store_true", help="empty the work folder first (otherwise finished stages "
+                    "are cache hits and a rerun of a stage measures nothing)")
+    ap.add_argument("--report", nargs="+", type=Path, default=None,
+                    help="print the markdown table of result JSONs or rows files (bench_scale_<n>.rows.jsonl)")
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
     root = args.root or Path(f"/tmp/cocu_scale_{args.n}")
     if args.run_stage:
         print(json.dumps(run_stage(args.run_stage, root, args.n), default=str))
         return 0
+    if args.fresh and root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["BENCH_SAMPLE_SHARDS"] = str(args.sample_shards)
     run_all(root, args.n, args.stages.split(","))
-    latest: dict[str, Any] = {}
-    for line in (root / f"bench_scale_{args.n}.rows.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        latest[r["stage"]] = r
-    rows = [latest[s] for s in STAGES if s in latest]
-    disk = {name: du(root / name) for name in ("embed", "index", "vocabulary", "curation_inputs", "curate")}
-    disk["embed/parts"] = du(root / "embed" / "parts")
-    res = {"n": args.n, "rows": rows, "disk": disk, "cpus": os.cpu_count()}
-    (root / f"bench_scale_{args.n}.json").write_text(json.dumps(res, indent=1, default=str))
+    out = root / f"bench_scale_{args.n}.json"
+    res = load_run(root / f"bench_scale_{args.n}.rows.jsonl")
+    res.pop("partial")
+    if out.is_file():  # cumulative: rows and sizes an earlier result holds (a rows file started anew) are kept
+        old = json.loads(out.read_text())
+        rows = {r["stage"]: r for r in old.get("rows", [])} | {r["stage"]: r for r in res["rows"]}
+        res["rows"] = [rows[st] for st in (*STAGES, SAMPLE) if st in rows]
+        res["disk"] = {**old.get("disk", {}), **res["disk"]}
+    res["cpus"] = os.cpu_count()
+    out.write_text(json.dumps(res, indent=1, default=str))
     print(json.dumps(res, default=str))
     return 0
 
