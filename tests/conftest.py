@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 for k, v in {
@@ -13,3 +15,27 @@ for k, v in {
     "NLTK_DATA": str(ROOT / ".nltk_data"),
 }.items():
     os.environ.setdefault(k, v)
+
+
+# Session fixtures live here, not in a helper module the tests import: a fixture imported into several test
+# modules is registered once per module, so "session" scope would still build it once per module.
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory) -> Path:
+    """Why: one small toy world shared by the stage tests of a session."""
+    from ingest_fixtures import small_world
+
+    return small_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="session")
+def toy_encoder_weights(world_dir, tmp_path_factory) -> Path:
+    """Why: the deploy, re-curation and embed-kill tests need a trained toy encoder, not its training: they read it
+    (as `encoder.pretrained` weights, or a copy of its folder); one training on the session's small world serves all."""
+    from cocu_core.encoder.train import train_toy_encoder
+    from ingest_fixtures import small_config
+
+    tmp = tmp_path_factory.mktemp("enc")
+    train_toy_encoder(small_config(tmp), world_dir / "web", tmp / "encoder", progress=False)
+    return tmp / "encoder" / "cocu-tiny.pt"

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pytest
 
 for _k, _v in {"NO_ALBUMENTATIONS_UPDATE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -56,7 +55,4 @@ def small_config(workdir: Path, **sections: Any) -> PipelineConfig:
     return config_from_dict(base, "<test>")
 
 
-@pytest.fixture(scope="session")
-def world_dir(tmp_path_factory) -> Path:
-    """Why: one small toy world shared by the stage tests of a session."""
-    return small_world(tmp_path_factory.mktemp("world"))
+# `world_dir` (the session's small world built by `small_world`) is a fixture of tests/conftest.py.

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ingest_fixtures import small_config, world_dir  # noqa: F401
+from ingest_fixtures import small_config
 from proc_fixtures import kill_marked, marked_processes, wait_all_gone, wait_until
 from cocu_core.toyworld import read_pairs
 
@@ -103,10 +103,8 @@ def _stop(proc: subprocess.Popen, sig: int, waits: tuple[float, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(world_dir, tmp_path_factory):
+def stack(world_dir, toy_encoder_weights, tmp_path_factory):
     """Why: server + pool + deployments + worker for the module's tests, always torn down."""
-    from cocu_core.encoder.train import train_toy_encoder
-
     tmp = tmp_path_factory.mktemp("deploy")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -129,8 +127,6 @@ def stack(world_dir, tmp_path_factory):
             (tmp / "server.log").read_text()[-3000:]
         env = {**base, "PREFECT_API_URL": api}
         # the config: a url-list folder (file:// URLs into the toy world), a trained toy encoder given as weights
-        enc = small_config(tmp / "enc")
-        train_toy_encoder(enc, world_dir / "web", tmp / "enc" / "encoder", progress=False)
         pairs = read_pairs(world_dir / "train").to_pylist()
         rows = [{"url": (world_dir / "train" / p["file"]).as_uri(), "caption": p["caption"], "key": p["key"]}
                 for p in pairs]
@@ -138,7 +134,7 @@ def stack(world_dir, tmp_path_factory):
         pq.write_table(pa.Table.from_pylist(rows[:160]), tmp / "lists" / "a.parquet")
         cfg = small_config(tmp / "run", name="dep", data={"source": "url_list", "url_list": str(tmp / "lists"),
                                                          "shard_size": 80},
-                           encoder={"pretrained": str(tmp / "enc" / "encoder" / "cocu-tiny.pt"), "train_toy": False},
+                           encoder={"pretrained": str(toy_encoder_weights), "train_toy": False},
                            train={"epochs": 1, "batch_size": 16, "max_steps": 3, "augment": "none"},
                            eval={"class_names": str(world_dir / "val" / "class_names.txt"),
                                  "roots": {"toy": str(world_dir / "val")}, "max_images": 3, "panels": 1},

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest_fixtures import CORRUPT_INDEX, EMPTY_CAPTION_INDEX, MISSING_INDEX, faulty_source, small_config, world_dir  # noqa: F401
+from ingest_fixtures import CORRUPT_INDEX, EMPTY_CAPTION_INDEX, MISSING_INDEX, faulty_source, small_config
 from cocu_core.config import ConfigError
 from cocu_core.data.download import clean_pairs, download_stage, failure_reason, list_fingerprint, read_url_list
 from cocu_core.toyworld import serve_directory, write_url_list

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest_fixtures import small_config, world_dir  # noqa: F401
+from ingest_fixtures import small_config
 from cocu_core.config import ConfigError
 from cocu_core.encoder.load import load_encoder, resolve_weights
 from cocu_core.encoder.report import retrieval_recall

@@ -1,15 +1,22 @@
 """End to end through the real `cocu run` on a tiny toy config (slow: real Prefect, img2dataset, clip-retrieval,
 autofaiss, GroupViT training and evaluation).
 
-One work folder and one PREFECT_HOME are shared by the tests of this module, in order:
+One work folder and one PREFECT_HOME are shared by the tests of this module, in order (each builds on the
+previous ones' outputs, so run the module, not one of its tests alone):
   1. `kill -9` of the `cocu run` process group during embedding: no process of the run remains;
      Ctrl-C (SIGINT to the group, as a terminal sends it) during embedding: exit 130 with one line naming
      the stage and saying a rerun resumes, no Prefect connection errors, no process left;
   2. a full run (resuming), then a rerun that is all cache hits; every stage's outputs and artifacts;
      `cocu status` says done, and stale with the field that changed;
-  3. `kill -9` during `--only curate`, then a rerun one shard at a time: finished shards skipped, the archives
+  3. `--set curation.variant=v2`: only that variant is curated, trained and evaluated (everything upstream
+     cached); both variants' archives one per download shard and readable by the loader's API; the flow's
+     archives equal the literal per-image reference;
+  4. `kill -9` during `--only curate`, then a rerun one shard at a time: finished shards skipped, the archives
      equal those curated three at a time;
-  4. `kill -9` during training, then a rerun: it resumes from the last checkpoint with the same loss curve.
+  5. `kill -9` during training, then a rerun: it resumes from the last checkpoint with the same loss curve;
+  6. `cocu_ablation` (2 arms x 2 seeds) on the same work folder: its upstream is the pipeline's own cached
+     stages; outputs, artifacts, every run reused on a rerun, a lost evaluation redone alone, and the
+     missing-archive error.
 """
 
 from __future__ import annotations
@@ -128,7 +135,9 @@ def test_full_run_then_all_cache_hits_artifacts_and_status(world):
     first_s = time.time() - t0
     out = log.read_text()
     assert rc == 0, out[-4000:]
-    assert set(_summary_stages(out)) == set(STAGES) and not all(_summary_stages(out).values())
+    # the killed runs finished toyworld, download and encoder (reused); the rest is computed now
+    assert _summary_stages(out) == {**dict.fromkeys(STAGES[:3], True), **dict.fromkeys(STAGES[3:], False)}, \
+        out[-2000:]
     t0 = time.time()
     proc, log = _start(world, mark=mark)
     rc = proc.wait(timeout=1800)
@@ -160,6 +169,13 @@ def test_full_run_then_all_cache_hits_artifacts_and_status(world):
     assert "data:image/png;base64," in arts["tiny-evaluation-report"]["data"]
     assert "| curate |" in arts["tiny-summary"]["data"] and w.as_uri() in arts["tiny-summary"]["data"]
     assert "\"cached\": true" in arts["tiny-curate"]["data"]  # the latest table is the cache-hit rerun's
+    # its totals: one archive per download shard, every downloaded sample exactly once
+    from cocu_core.embed import load_embeddings
+
+    meta = load_embeddings(w / "embed")[2]
+    total = next(r for r in json.loads(arts["tiny-curate"]["data"]) if r["shard"] == "all")
+    assert total["shards"] == len(set(meta.column("shard").to_pylist())) == 3
+    assert total["images"] == meta.num_rows
 
     st = _cocu(world, "status", "-c", str(world["path"]))
     assert st.returncode == 0, st.stderr
@@ -170,6 +186,82 @@ def test_full_run_then_all_cache_hits_artifacts_and_status(world):
     assert states["embed"] == "done" and states["curate"] == "stale" and states["train"] == "stale", st.stdout
     assert "curation.n_neighbours: 8 -> 4" in st.stdout and "train.lr: 0.0016 -> 0.001" in st.stdout
     assert "upstream 'train' is stale" in st.stdout  # evaluate follows its checkpoint
+
+
+VARIANT_FLOW = r"""
+import json, sys
+from flows.pipeline import cocu_pipeline
+res = cocu_pipeline(config_path=sys.argv[1], overrides=["curation.variant=v2"])
+print(json.dumps({"cached": {k: bool(v.get("cached")) for k, v in res.items() if isinstance(v, dict)},
+                  "curate": res["curate"]}))
+"""
+
+
+def test_variant_switch_curates_trains_and_evaluates_only_that_variant(world):
+    """Why: after the full run, switching the variant re-curates into its own folder and trains and evaluates that
+    variant; everything upstream (and the gap report) is reused. Both variants' archives are one per download
+    shard, every downloaded sample once, readable by the loader's API; the flow's archives equal the literal
+    per-image reference on the toy world's real embeddings."""
+    from cocu_core.curation import ArchiveReader, ConceptSampler
+    from cocu_core.embed import load_embeddings
+
+    r = subprocess.run([sys.executable, "-c", VARIANT_FLOW, str(world["path"])], cwd=ROOT, env=world["env"],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {k: res["cached"][k] for k in STAGES} == {**dict.fromkeys(STAGES, True), "curate": False, "train": False,
+                                                     "evaluate": False}
+    w = world["cfg"].workpath
+    assert (w / "train" / "v2" / "final.pt").is_file() and (w / "evaluate" / "v2" / "manifest.json").is_file()
+    _, _, meta = load_embeddings(w / "embed")
+    n_shards = len(set(meta.column("shard").to_pylist()))
+    assert res["curate"]["shards"] == n_shards and res["curate"]["images"] == meta.num_rows
+    for variant in ("cocu", "v2"):
+        archive_dir = w / "curate" / variant
+        assert len(list(archive_dir.glob("archive_*.parquet"))) == n_shards
+        reader = ArchiveReader(archive_dir)
+        entries = [reader.get(k) for k in meta.column("key").to_pylist()]
+        assert sum(len(e.concepts) > 0 for e in entries) >= 0.9 * len(entries)
+        sampler = ConceptSampler(variant=variant, k=3, seed=0)
+        assert all(len(sampler.sample(e)) == 3 for e in entries[:50])
+    _archives_match_reference(world["path"], w)
+
+
+def _archives_match_reference(cfg_path: Path, run: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cocu_core.config import load_config
+    from cocu_core.curation import reference_curate
+    from cocu_core.curation_stage import concept_embeddings_stage, load_curation_data
+    from cocu_core.encoder.load import encoder_fingerprint
+    from cocu_core.index import load_index
+
+    cfg = load_config(cfg_path)
+
+    def not_cached(texts):
+        raise AssertionError("the flow should have cached the concept embeddings")
+
+    emb, hit = concept_embeddings_stage(run / "vocabulary", run / "concept_emb", cfg, encoder_fingerprint(cfg),
+                                        not_cached)
+    d = load_curation_data(run / "embed", run / "vocabulary", emb, cfg.curation.max_ngram)
+    ref = reference_curate(d.keys, d.captions, (d.offsets, d.ids), d.img_emb, d.cap_emb, d.concept_emb,
+                           cfg.curation, load_index(run / "index", "image"), concept_names=d.concepts).to_pylist()
+    prod = pa.concat_tables([pq.read_table(f) for f in sorted((run / "curate" / "cocu").glob("archive_*.parquet"))])
+    by_key = {r["key"]: r for r in prod.to_pylist()}
+    assert len(by_key) == len(ref) == len(d.keys)
+    same_nb = 0
+    for b in ref:
+        a = by_key[b["key"]]
+        assert a["caption_concept_ids"] == b["caption_concept_ids"]
+        if a["neighbour_keys"] != b["neighbour_keys"]:  # batched vs one-query search may swap near-ties
+            continue
+        same_nb += 1
+        assert a["concept_ids"] == b["concept_ids"] and a["cluster_ids"] == b["cluster_ids"], b["key"]
+        np.testing.assert_allclose(a["naive_scores"], b["naive_scores"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a["t2v_scores"], b["t2v_scores"], atol=1e-5, rtol=0)
+    assert same_nb >= 0.95 * len(ref)
 
 
 def test_sigkill_during_curation_resumes_one_shard_at_a_time_to_the_same_archives(world):
@@ -247,3 +339,95 @@ def test_sigkill_during_training_resumes_with_the_same_curve(world):
     assert [(r["step"], r["epoch"], r["lr"]) for r in resumed] == [(r["step"], r["epoch"], r["lr"]) for r in reference]
     for a, b in zip(resumed, reference):  # to float noise: MKL may use fewer threads on a busy machine
         assert all(abs(float(a[k]) - float(b[k])) < 1e-4 for k in ("loss", "loss_image_text", "loss_multi_label")), (a, b)
+
+
+ABLATION_FLOW = r"""
+import json, sys
+from flows.ablation import cocu_ablation
+res = cocu_ablation(config_path=sys.argv[1])
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as c:
+    arts = {a.key: a for a in c.read_artifacts() if a.key}
+print(json.dumps({"upstream": res["upstream"], "seconds": res["seconds"], "runs": res["runs"], "artifacts": sorted(arts),
+                  "report_artifact": arts["abl-ablation-report"].data, "summary": res["summary"]}))
+"""
+
+
+def test_ablation_flow_on_the_pipelines_work_folder_then_stage_reuses_runs(world):
+    """Why: `cocu_ablation` (2 arms x 2 seeds x 2 steps) on the work folder the pipeline filled: its upstream is the
+    pipeline's own stages through curation (all cache hits, the same cache keys), for the one variant the arms
+    read; then `ablation_stage` in process (every run reused, a lost evaluation redone alone) and the
+    missing-archive error. Last in the module: it only adds the ablation folder and its own runs."""
+    from PIL import Image
+
+    from cocu_core.ablation import AblationError, ablation_stage
+    from cocu_core.config import config_from_dict, load_config
+    from cocu_core.io import read_json, read_manifest
+
+    data = world["cfg"].model_dump(mode="json")
+    data["name"] = "abl"
+    data["train"].update(max_steps=2)
+    data["eval"].update(max_images=6)
+    data["ablation"].update(arms=["baseline", "cocu"], seeds=[0, 1], epochs=1, map_images=2)
+    path = world["tmp"] / "abl.yaml"
+    path.write_text(yaml.safe_dump(config_from_dict(data, "<test>").model_dump(mode="json")))
+    out = subprocess.run([sys.executable, "-c", ABLATION_FLOW, str(path)], capture_output=True, text=True, timeout=900,
+                         env=world["env"], cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(res["summary"])
+    # upstream: the pipeline's own stages through curation, for the one variant the arms read: here all reused
+    # from the pipeline's run in this folder (so the ablation keys its inputs exactly as the pipeline does)
+    assert list(res["upstream"]) == ["cocu"]
+    up = res["upstream"]["cocu"]
+    assert set(STAGES[:STAGES.index("curate") + 1]) <= set(up) and all(up.values()), up
+    assert "train" not in up and "evaluate" not in up
+    assert [(r["arm"], r["seed"]) for r in res["runs"]] == [("baseline", 0), ("cocu", 0), ("baseline", 1), ("cocu", 1)]
+    assert not any(r["cached"] for r in res["runs"]) and all(r["steps"] == 2 for r in res["runs"])
+    assert {"abl-ablation", "abl-ablation-report", "abl-ablation-progress"} <= set(res["artifacts"])
+    assert "data:image/png;base64," in res["report_artifact"] and "| arm | mIoU |" in res["report_artifact"]
+
+    abl = world["cfg"].workpath / "ablation"
+    # identical budget and data order: per seed, both arms' train manifests hold the same training fields
+    fields = {(a, s): read_manifest(abl / "runs" / a / f"seed{s}" / "train")["config_fields"]
+              for a in ("baseline", "cocu") for s in (0, 1)}
+    assert fields["baseline", 0] == fields["cocu", 0] and fields["baseline", 1] == fields["cocu", 1]
+    assert fields["cocu", 0]["train.seed"] == 0 and fields["cocu", 1]["train.seed"] == 1
+    assert fields["cocu", 0]["train.epochs"] == 1
+    table = read_json(abl / "table.json")
+    for arm in ("baseline", "cocu"):
+        e = table["arms"][arm]
+        assert e["seeds"] == [0, 1]
+        for key in ("mIoU", "stuff_mIoU", "thing_mIoU", "top1"):
+            vals = [r[key] for r in res["runs"] if r["arm"] == arm]
+            assert e[key]["values"] == pytest.approx(vals) and e[key]["std"] is not None
+            assert e[key]["mean"] == pytest.approx(sum(vals) / 2)
+    md = (abl / "table.md").read_text()
+    assert md.count("±") == 8 and "baseline" in md and "CoCu" in md
+    assert Image.open(abl / "loss_curves.png").format == "PNG"
+    maps = sorted((abl / "maps").glob("*.png"))
+    assert 1 <= len(maps) <= 2 and {m["path"] for m in table["maps"]} == {str(m) for m in maps}
+    heights = [Image.open(m).height for m in maps]
+    assert all(h > 2 * 192 for h in heights)  # two rows (baseline above CoCu) of tiles at least 192 px high
+    report = (abl / "report.md").read_text()
+    assert "](loss_curves.png)" in report and f"](maps/{maps[0].name})" in report
+    assert "## What training sees" in report
+    signal_table = table["training_signal"]
+    assert signal_table.startswith("| arm |") or signal_table.startswith("not available")
+
+    # in process: every run and the report reused
+    cfg = load_config(path)
+    rep = ablation_stage(cfg, log=lambda m: None, progress=False)
+    assert rep["cached"] and len(rep["runs"]) == 4
+    # a lost evaluation is redone, alone; its numbers are the same (same checkpoint, same data)
+    (abl / "runs" / "cocu" / "seed1" / "evaluate" / "manifest.json").unlink()
+    rep2 = ablation_stage(cfg, log=lambda m: None, progress=False)
+    assert [r["cached"] for r in rep2["runs"]] == [True, True, True, False]
+    assert rep2["runs"][3]["mIoU"] == pytest.approx(res["runs"][3]["mIoU"])
+    assert not rep2["cached"] or rep2["arms"] == rep["arms"]
+    # an arm whose archives were never curated (v2's exist here since test 3): one error naming the folder and
+    # the command
+    assert not (world["cfg"].workpath / "curate" / "v3").exists()
+    v3 = load_config(path, {"ablation": {"arms": ["baseline", "v3"]}})
+    with pytest.raises(AblationError, match=r"curate/v3.*--set curation.variant=v3"):
+        ablation_stage(v3, log=lambda m: None, progress=False, config_name=str(path))

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ingest_fixtures import small_config, world_dir  # noqa: F401
+from ingest_fixtures import small_config
 from cocu_core.toyworld import read_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,19 +48,15 @@ def _list(rows: list[dict], path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(world_dir, tmp_path_factory):
+def setup(world_dir, toy_encoder_weights, tmp_path_factory):
     """Why: a url-list folder over the toy train split, a trained toy encoder given as weights, one Prefect home."""
-    from cocu_core.encoder.train import train_toy_encoder
-
     tmp = tmp_path_factory.mktemp("recurate")
-    enc = small_config(tmp / "enc")
-    train_toy_encoder(enc, world_dir / "web", tmp / "enc" / "encoder", progress=False)
     pairs = read_pairs(world_dir / "train").to_pylist()
     rows = [{"url": (world_dir / "train" / p["file"]).as_uri(), "caption": p["caption"], "key": p["key"]} for p in pairs]
     (tmp / "lists").mkdir()
     cfg = small_config(tmp / "run", name="rc",
                        data={"source": "url_list", "url_list": str(tmp / "lists"), "shard_size": 40},
-                       encoder={"pretrained": str(tmp / "enc" / "encoder" / "cocu-tiny.pt"), "train_toy": False},
+                       encoder={"pretrained": str(toy_encoder_weights), "train_toy": False},
                        eval={"class_names": str(world_dir / "val" / "class_names.txt")},
                        runtime={"keep_versions": 2})
     path = tmp / "rc.yaml"

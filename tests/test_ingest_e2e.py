@@ -1,10 +1,10 @@
-"""End to end: download -> encoder -> embed -> index on a few hundred toy pairs with injected faults; the flow."""
+"""End to end: download -> encoder -> embed -> index on a few hundred toy pairs with injected faults; the toy
+encoder's retrieval report. (The Prefect flow end to end, reruns and variant switches: tests/test_flows_e2e.py.)"""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest_fixtures import faulty_source, small_config, world_dir  # noqa: F401
+from ingest_fixtures import faulty_source, small_config
 from cocu_core.data.download import download_stage
 from cocu_core.embed import embed_stage, load_embeddings
 from cocu_core.encoder.load import encoder_fingerprint, load_encoder, model_config_paths
@@ -94,95 +94,3 @@ def test_encoder_report_far_above_chance_with_toy_config(tmp_path):
     rep = json.loads((tmp_path / "encoder" / "report.json").read_text())
     assert f"R@5: {100 * rep['r@5']:5.1f}%" in out.stdout
     assert rep["n_pairs"] == 500 and rep["r@5"] >= 5 * rep["chance_r@5"] and rep["r@1"] >= 5 * rep["chance_r@1"]
-
-
-FLOW_SCRIPT = r'''
-import json, sys
-from flows.pipeline import cocu_pipeline
-first = cocu_pipeline(config_path=sys.argv[1])
-second = cocu_pipeline(config_path=sys.argv[1])
-third = cocu_pipeline(config_path=sys.argv[1], overrides=["curation.variant=v2"])
-from prefect.client.orchestration import get_client
-with get_client(sync_client=True) as c:
-    keys = sorted({a.key for a in c.read_artifacts() if a.key})
-print(json.dumps({"first": {k: bool(v.get("cached")) for k, v in first.items() if isinstance(v, dict)},
-                  "second": {k: bool(v.get("cached")) for k, v in second.items() if isinstance(v, dict)},
-                  "third": {k: bool(v.get("cached")) for k, v in third.items() if isinstance(v, dict)},
-                  "curate": second["curate"], "summary": second["summary"], "artifacts": keys}))
-'''
-
-
-def test_cocu_pipeline_flow_runs_and_reruns_from_cache(tmp_path):
-    import yaml
-
-    cfg = small_config(tmp_path / "run", name="e2e").model_dump(mode="json")
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    out = subprocess.run([sys.executable, "-c", FLOW_SCRIPT, str(cfg_path)], capture_output=True, text=True, timeout=900,
-                         env=env, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-4000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    stages = ["toyworld", "download", "encoder", "embed", "index", "vocabulary", "concepts", "curate", "semantic_gap",
-              "train", "evaluate"]
-    assert {k: res["first"][k] for k in stages} == dict.fromkeys(stages, False)
-    assert {k: res["second"][k] for k in stages} == dict.fromkeys(stages, True)
-    # switching the variant re-curates into its own folder and trains/evaluates that variant; everything upstream
-    # (and the report) is reused
-    assert {k: res["third"][k] for k in stages} == {**dict.fromkeys(stages, True), "curate": False, "train": False,
-                                                    "evaluate": False}
-    for stage in ("toyworld-gap", "download", "encoder", "embed", "index", "vocabulary", "curate", "semantic-gap",
-                  "curation-report"):
-        assert f"e2e-{stage}" in res["artifacts"]
-    # one archive per download shard, every downloaded sample exactly once, readable by the loader's API
-    from cocu_core.curation import ArchiveReader, ConceptSampler
-    from cocu_core.embed import load_embeddings
-
-    _, _, meta = load_embeddings(tmp_path / "run" / "embed")
-    n_shards = len(set(meta.column("shard").to_pylist()))
-    assert res["curate"]["shards"] == n_shards and res["curate"]["images"] == meta.num_rows
-    for variant in ("cocu", "v2"):
-        archive_dir = tmp_path / "run" / "curate" / variant
-        assert len(list(archive_dir.glob("archive_*.parquet"))) == n_shards
-        reader = ArchiveReader(archive_dir)
-        entries = [reader.get(k) for k in meta.column("key").to_pylist()]
-        assert sum(len(e.concepts) > 0 for e in entries) >= 0.9 * len(entries)
-        sampler = ConceptSampler(variant=variant, k=3, seed=0)
-        assert all(len(sampler.sample(e)) == 3 for e in entries[:50])
-    # the archives the flow wrote equal the literal per-image reference on the toy world's real embeddings
-    _archives_match_reference(cfg_path, tmp_path / "run")
-
-
-def _archives_match_reference(cfg_path: Path, run: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from cocu_core.config import load_config
-    from cocu_core.curation import reference_curate
-    from cocu_core.curation_stage import concept_embeddings_stage, load_curation_data
-
-    cfg = load_config(cfg_path)
-
-    def not_cached(texts):
-        raise AssertionError("the flow should have cached the concept embeddings")
-
-    emb, hit = concept_embeddings_stage(run / "vocabulary", run / "concept_emb", cfg, encoder_fingerprint(cfg),
-                                        not_cached)
-    d = load_curation_data(run / "embed", run / "vocabulary", emb, cfg.curation.max_ngram)
-    ref = reference_curate(d.keys, d.captions, (d.offsets, d.ids), d.img_emb, d.cap_emb, d.concept_emb,
-                           cfg.curation, load_index(run / "index", "image"), concept_names=d.concepts).to_pylist()
-    prod = pa.concat_tables([pq.read_table(f) for f in sorted((run / "curate" / "cocu").glob("archive_*.parquet"))])
-    by_key = {r["key"]: r for r in prod.to_pylist()}
-    assert len(by_key) == len(ref) == len(d.keys)
-    same_nb = 0
-    for b in ref:
-        a = by_key[b["key"]]
-        assert a["caption_concept_ids"] == b["caption_concept_ids"]
-        if a["neighbour_keys"] != b["neighbour_keys"]:  # batched vs one-query search may swap near-ties
-            continue
-        same_nb += 1
-        assert a["concept_ids"] == b["concept_ids"] and a["cluster_ids"] == b["cluster_ids"], b["key"]
-        np.testing.assert_allclose(a["naive_scores"], b["naive_scores"], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(a["t2v_scores"], b["t2v_scores"], atol=1e-5, rtol=0)
-    assert same_nb >= 0.95 * len(ref)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ingest_fixtures import faulty_source, small_config, world_dir  # noqa: F401
+from ingest_fixtures import faulty_source, small_config
 from proc_fixtures import kill_marked, marked_processes, processes_mentioning, wait_all_gone, wait_until
 
 TESTS = Path(__file__).resolve().parent
@@ -100,17 +100,19 @@ def test_sigkill_during_download_leaves_no_process(world_dir, tmp_path):
 
 
 @pytest.fixture
-def downloaded_with_encoder(world_dir, tmp_path):
-    """Why: the embed stage's inputs: real shards (40 pairs each) and a trained toy encoder."""
+def downloaded_with_encoder(world_dir, toy_encoder_weights, tmp_path):
+    """Why: the embed stage's inputs: real shards (40 pairs each) and a trained toy encoder (the session's, copied
+    into the run's encoder folder, where the embed stage loads it from)."""
+    import shutil
+
     from cocu_core.data.download import download_stage
-    from cocu_core.encoder.train import train_toy_encoder
     from cocu_core.toyworld import read_pairs, serve_directory, write_url_list
 
     cfg = small_config(tmp_path / "run", data={"shard_size": 40})
     with serve_directory(world_dir / "train") as srv:
         write_url_list(read_pairs(world_dir / "train"), srv.base_url, tmp_path / "urls.parquet")
         download_stage(tmp_path / "urls.parquet", cfg.workpath / "download", cfg, base_url=srv.base_url, progress=False)
-    train_toy_encoder(cfg, world_dir / "web", cfg.workpath / "encoder", progress=False)
+    shutil.copytree(toy_encoder_weights.parent, cfg.workpath / "encoder")
     return cfg
 
 

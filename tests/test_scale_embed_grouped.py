@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ingest_fixtures import small_config, world_dir  # noqa: F401
+from ingest_fixtures import small_config
 from cocu_core.data.download import download_stage, shard_name
 from cocu_core.embed import embed_stage, part_key_for
 from cocu_core.encoder.load import clip_model_string, encoder_fingerprint, model_config_paths, resolve_weights
@@ -17,7 +17,7 @@ from cocu_core.toyworld import read_pairs, serve_directory, write_url_list
 pytestmark = pytest.mark.slow
 
 
-def test_grouped_inference_splits_into_the_same_parts(world_dir, tmp_path):  # noqa: F811
+def test_grouped_inference_splits_into_the_same_parts(world_dir, tmp_path):
     import torch
 
     from cocu_core.compat import ensure_torchvision
