@@ -111,7 +111,9 @@ def test_gradient_reaches_both_stages_through_hard_assignment(toy):
     toy.zero_grad(set_to_none=True)
 
 
-def test_train_mode_assignment_is_hard_gumbel_and_eval_is_argmax(toy):
+def test_train_mode_assignment_is_hard_gumbel_and_eval_is_argmax():
+    torch.manual_seed(0)
+    toy = create_model("groupvit-toy", gumbel=True)
     images = _images(2, 64, seed=2)
     toy.eval()
     with torch.no_grad():
@@ -308,3 +310,20 @@ def test_tiny_model_fits_a_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.1 * losses[0]
+
+
+def test_toy_config_trains_without_gumbel_noise(toy):
+    """The toy recipe's train-mode assignment is the plain straight-through argmax: the eval assignment, still hard."""
+    assert toy.config.gumbel is False
+    images = _images(2, 64, seed=4)
+    toy.eval()
+    with torch.no_grad():
+        ev = toy.encode_image(images, return_attn=True)
+    toy.train()
+    with torch.no_grad():
+        tr = toy.encode_image(images, return_attn=True)
+    toy.eval()
+    for a, b in zip(ev.attn_hard, tr.attn_hard):
+        assert torch.equal(a, b)
+    for a, b in zip(ev.attn_soft, tr.attn_soft):
+        assert torch.allclose(a, b, atol=1e-6)

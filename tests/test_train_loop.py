@@ -156,6 +156,17 @@ def test_stage_cache_key_and_bad_inputs(data, tmp_path):
     assert not first["cached"] and (work / "train" / "cocu" / "final.pt").is_file()
     assert train_stage(cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": 2})}),
                        progress=False, log=lambda m: None)["cached"]  # runtime field: no retraining
+    # the registered architecture is part of the key: a changed registry entry (new code) retrains
+    from cocu_core.model import registry
+    from cocu_core.train.stage import train_fields
+
+    original = registry._REGISTRY["groupvit-toy"]
+    try:
+        registry._REGISTRY["groupvit-toy"] = lambda: original().replace(gumbel=not original().gumbel)
+        assert train_fields(cfg)["model_config"]["gumbel"] is not original().gumbel
+        assert not train_stage(cfg, progress=False, log=lambda m: None)["cached"]
+    finally:
+        registry._REGISTRY["groupvit-toy"] = original
     changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 2e-3})})
     assert not train_stage(changed, progress=False, log=lambda m: None)["cached"]
     # a checkpoint of another model config is refused with the differing fields named

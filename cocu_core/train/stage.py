@@ -42,8 +42,15 @@ class TrainStageError(FileNotFoundError):
 
 def train_fields(cfg: PipelineConfig) -> dict[str, Any]:
     """Why: the training settings that change the trained model, and nothing else."""
+    from cocu_core.model import get_config
+
     names = [f"train.{k}" for k in type(cfg.train).model_fields]
-    return cfg.fields_for([n for n in names if n not in RUNTIME_FIELDS])
+    fields = cfg.fields_for([n for n in names if n not in RUNTIME_FIELDS])
+    try:  # the architecture the name resolves to: a changed registered config retrains
+        fields["model_config"] = get_config(cfg.train.model, **cfg.train.model_overrides).to_dict()
+    except (KeyError, ValueError):  # unknown name or override: the train stage reports it with context
+        pass
+    return fields
 
 
 def train_variant(cfg: PipelineConfig, variant: Optional[str] = None) -> str:
