@@ -4,6 +4,8 @@ task runner of each engine."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +42,19 @@ def run(tmp_path_factory):
     return cfg, data, index, upstream, shards, local
 
 
+@contextlib.contextmanager
+def restored_environ():
+    """Why: Dask's LocalCluster writes OMP_NUM_THREADS=1 (and MKL/OPENBLAS, PYTHONHASHSEED) into this process's
+    environment; every later test's subprocess would inherit single-threaded BLAS (the encoder-report test ran
+    348 s instead of 184 s after it)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _same_archives(a: Path, b: Path, shards: list[str]) -> None:
     for s in shards:
         ta, tb = pq.read_table(a / f"archive_{s}.parquet"), pq.read_table(b / f"archive_{s}.parquet")
@@ -51,8 +66,9 @@ def test_dask_local_cluster_writes_the_local_runners_archives(run, tmp_path):
 
     cfg, data, index, upstream, shards, local = run
     out = tmp_path / "dask"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      env=THREADS_ENV) as cluster, Client(cluster) as client:
+    threads_before = {k: os.environ.get(k) for k in THREADS_ENV}
+    with restored_environ(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                          env=THREADS_ENV) as cluster, Client(cluster) as client:
         index_file = cfg.workpath / "index" / "image.index"  # workers memory-map it rather than get a pickled copy
         futures = [client.submit(curate_shard_stage, data, s, out, cfg, upstream, ENCODER_FP, index_file, None,
                                  pure=False) for s in shards]
@@ -60,6 +76,7 @@ def test_dask_local_cluster_writes_the_local_runners_archives(run, tmp_path):
         workers = {w for held in client.who_has(futures).values() for w in held}
     assert [r["images"] for r in reps] == [SHARD] * len(shards) and not any(r["cached"] for r in reps)
     assert len(workers) == 2  # both worker processes curated shards
+    assert {k: os.environ.get(k) for k in THREADS_ENV} == threads_before  # nothing leaked into later tests
     _same_archives(local, out, shards)
 
 
@@ -67,14 +84,15 @@ def test_ray_local_cluster_writes_the_local_runners_archives(run, tmp_path):
     import ray
     cfg, data, index, upstream, shards, local = run
     out = tmp_path / "ray"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": THREADS_ENV})
-    try:
-        remote = ray.remote(num_cpus=1)(curate_shard_stage)
-        reps = ray.get([remote.remote(data, s, out, cfg, upstream, ENCODER_FP, index, None)  # a pickled index
-                        for s in shards])
-    finally:
-        ray.shutdown()
+    with restored_environ():  # ray.init sets RAY_* and PYTHONBREAKPOINT in this process
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": THREADS_ENV})
+        try:
+            remote = ray.remote(num_cpus=1)(curate_shard_stage)
+            reps = ray.get([remote.remote(data, s, out, cfg, upstream, ENCODER_FP, index, None)  # a pickled index
+                            for s in shards])
+        finally:
+            ray.shutdown()
     assert [r["images"] for r in reps] == [SHARD] * len(shards)
     _same_archives(local, out, shards)
 
