@@ -1,7 +1,7 @@
 """Toy training-recipe sweep: configs x arms x seeds, each a real train_stage + evaluate_stage on one work folder.
 
 Used to look for the toy grouping collapse (issue 9). Example (CPU, two runs side by side):
-    SWEEP_WORK=runs/toy OUT=/tmp/sweep SWEEP_DEVICE=cpu SWEEP_CONFIGS=default,nogumbel SWEEP_ARMS=cocu \
+    SWEEP_WORK=runs/toy OUT=/tmp/sweep SWEEP_DEVICE=cpu SWEEP_CONFIGS=default,gumbel SWEEP_ARMS=cocu \
       SWEEP_SEEDS=0 SWEEP_PROCS=2 SWEEP_WORKERS=0 SWEEP_THREADS=1 .venv/bin/python scripts/toy_sweep.py
 The work folder needs the toy world, the download and the archives of the arms (`cocu run`, `cocu ablation`).
 """
@@ -19,8 +19,8 @@ DEVICE = os.environ.get("SWEEP_DEVICE", "cuda")
 MAX_STEPS = int(os.environ.get("SWEEP_MAX_STEPS", "0")) or None
 
 CONFIGS = {
-    "default": {},
-    "nogumbel": {"model_overrides": {"gumbel": False}},
+    "default": {},  # groupvit-toy as registered (Gumbel noise off since the collapse was found)
+    "gumbel": {"model_overrides": {"gumbel": True}},  # GV's Gumbel-softmax assignment, the toy default before
     "wide_proj": {"model_overrides": {"proj_hidden": 2048, "embed_dim": 256}},
     "tmpl_simple": {"templates": "simple"},
     "lr16e4": {"lr": 1.6e-3},
@@ -37,7 +37,7 @@ def job(args):
     torch.set_num_threads(2)
     from cocu_core.config import load_config
     from cocu_core.evaluation.stage import evaluate_stage
-    from cocu_core.toyworld.concepts import CONCEPTS
+    from cocu_core.ablation import run_metrics
     from cocu_core.train.stage import train_stage
 
     over = dict(CONFIGS[name])
@@ -53,13 +53,9 @@ def job(args):
     t1 = time.time()
     ev = evaluate_stage(cfg, checkpoint=out / "train" / "final.pt", out_dir=out / "eval", log=lambda m: None,
                         progress=False, label=f"{name}/{arm}/{seed}")
-    seg = ev["segmentation"]["toy"]
-    pc = seg["per_class_iou"]
-    kind = {c.name: c.kind for c in CONCEPTS}
-    stuff = [v for k, v in pc.items() if kind.get(k) == "stuff"]
-    thing = [v for k, v in pc.items() if kind.get(k) == "thing"]
-    r = dict(config=name, arm=arm, seed=seed, miou=round(seg["mIoU"], 2), stuff=round(sum(stuff) / len(stuff), 2),
-             thing=round(sum(thing) / len(thing), 2), top1=round(ev["classification"]["toy"]["top1"], 2),
+    m = run_metrics(ev)  # the ablation table's cells (stuff/thing means skip classes with no IoU, as mmseg does)
+    r = dict(config=name, arm=arm, seed=seed, miou=round(m["mIoU"], 2), stuff=round(m["stuff_mIoU"], 2),
+             thing=round(m["thing_mIoU"], 2), top1=round(m["top1"], 2),
              first_loss=tr.get("first_loss"), last_loss=tr.get("last_loss"), train_s=round(t1 - t0, 1),
              eval_s=round(time.time() - t1, 1))
     print(json.dumps(r), flush=True)
