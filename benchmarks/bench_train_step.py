@@ -17,7 +17,9 @@ max-RSS growth over the steps, measured per variant in its own subprocess. Run:
         [--steps 5] [--warmup 2] [--device cpu] [--threads 2] [--optimizer default|foreach|fused]
         [--clock wall|cpu] [--stat median|min] [--no-memory] [--precision fp32|bf16]
 ``--precision bf16`` runs every variant's forward and loss under ``torch.autocast(dtype=torch.bfloat16)``, as
-training does on CUDA.
+training does on CUDA. Each variant's forward + backward is also counted in FLOPs (torch's FlopCounterMode,
+untimed): HF's FLOPs over ours is the speed-up our model reaches at HF's FLOP/s, the ceiling for any change
+that is not in the kernels themselves.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -95,7 +97,16 @@ def prompt_texts(b: int, seed: int) -> list[str]:
     return [templates[ti].format(_NOUNS[ni]) for ti, ni in zip(t, n)]
 
 
-def build(name: str, variant: str, batch: int, device: str, optimizer: str, seed: int = 0):
+class Built(NamedTuple):
+    """One variant ready to run: its model, a timed training step, its loss alone, and the inputs."""
+
+    model: torch.nn.Module
+    step: Callable[[], float]
+    loss_fn: Callable[[], torch.Tensor]
+    inputs: tuple[torch.Tensor, torch.Tensor]
+
+
+def build(name: str, variant: str, batch: int, device: str, optimizer: str, seed: int = 0) -> Built:
     """Why: one variant's model, optimizer, inputs and step function, identical across variants."""
     torch.manual_seed(seed)
     ours = create_model(name)
@@ -147,13 +158,13 @@ def build(name: str, variant: str, batch: int, device: str, optimizer: str, seed
         opt.step()
         return fb
 
-    return model, step, (images, caps)
+    return Built(model, step, loss_fn, (images, caps))
 
 
 def check_parity(name: str, device: str) -> float:
     """Why: timing means nothing unless the two models compute the same function: max |diff| of eval logits."""
-    models = {v: build(name, v, 4, device, "default")[0].eval() for v in ("hf", "ours-same")}
-    _, _, (images, caps) = build(name, "hf", 4, device, "default")
+    models = {v: build(name, v, 4, device, "default").model.eval() for v in ("hf", "ours-same")}
+    images, caps = build(name, "hf", 4, device, "default").inputs
     with torch.no_grad():
         ref = models["hf"](input_ids=caps, pixel_values=images).logits_per_image
         out = models["ours-same"](images, caps)
@@ -172,7 +183,7 @@ def time_interleaved(name: str, batch: int, device: str, optimizer: str, steps: 
     CUDA peak memory alongside."""
     runs: dict[str, Callable[[], float]] = {}
     for v in VARIANTS:
-        runs[v] = build(name, v, batch, device, optimizer)[1]
+        runs[v] = build(name, v, batch, device, optimizer).step
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     fbs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     peak: dict[str, float] = {}
@@ -196,6 +207,27 @@ def time_interleaved(name: str, batch: int, device: str, optimizer: str, steps: 
     return {v: stat(t) for v, t in times.items()}, {v: stat(t) for v, t in fbs.items()}, peak
 
 
+def count_flops(name: str, batch: int, device: str) -> dict[str, float]:
+    """Why: GFLOP of one forward + backward per variant, the work a step cannot avoid; their ratio is the
+    speed-up each variant can reach at equal FLOP/s (untimed, after the timed steps).
+
+    torch's FlopCounterMode has no formula for SDPA's CPU kernel, so the count runs SDPA on its math backend
+    (the same products, decomposed into counted matmuls); HF's eager attention is counted as it runs.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for v in VARIANTS:
+        loss_fn = build(name, v, batch, device, "default").loss_fn
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
+                loss = loss_fn()
+            loss.backward()
+        out[v] = counter.get_total_flops() / 1e9
+    return out
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -210,7 +242,7 @@ def rss_worker(name: str, variant: str, batch: int, optimizer: str, steps: int) 
     reset after the build (Linux ``/proc/self/clear_refs`` = 5); without that, max RSS deltas from
     ``resource`` are used (then only growth beyond the build's peak shows).
     """
-    model, step, _ = build(name, variant, batch, "cpu", optimizer)
+    step = build(name, variant, batch, "cpu", optimizer).step
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -272,13 +304,17 @@ def main() -> None:
         secs, fb, peak = time_interleaved(name, batch, args.device, args.optimizer, args.steps, args.warmup)
         if not args.device.startswith("cuda") and not args.no_memory:
             peak = rss_peaks(name, batch, args.optimizer, torch.get_num_threads())
+        flops = count_flops(name, batch, args.device)
         print(f"\n{name}, batch {batch} (eval logits max |ours - hf| = {diff:.2e})")
         print(f"  {'variant':<10} {'s/step':>8} {'img/s':>8} {'speed-up':>9}   {'fwd+bwd s':>9} {'speed-up':>9}"
-              f"   {'AdamW s':>8} {'peak MB':>8}")
+              f"   {'AdamW s':>8} {'peak MB':>8}   {'GFLOP':>8} {'FLOP ratio':>10} {'GFLOP/s':>8}")
         for v in VARIANTS:
             mem = f"{peak[v]:8.0f}" if v in peak else f"{'-':>8}"
             print(f"  {v:<10} {secs[v]:8.3f} {batch / secs[v]:8.1f} {secs['hf'] / secs[v]:8.2f}x   {fb[v]:9.3f} "
-                  f"{fb['hf'] / fb[v]:8.2f}x   {secs[v] - fb[v]:8.3f} {mem}")
+                  f"{fb['hf'] / fb[v]:8.2f}x   {secs[v] - fb[v]:8.3f} {mem}   {flops[v]:8.1f} "
+                  f"{flops['hf'] / flops[v]:9.2f}x {flops[v] / fb[v]:8.0f}")
+        print("  GFLOP: one forward + backward (matmuls, convolutions, attention); FLOP ratio: HF's over the "
+              "variant's,\n  the speed-up at equal FLOP/s; GFLOP/s: over the forward + backward time.")
 
 
 if __name__ == "__main__":
