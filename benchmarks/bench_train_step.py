@@ -133,7 +133,7 @@ def build(name: str, variant: str, batch: int, device: str, optimizer: str, seed
     kw = {"foreach": True} if optimizer == "foreach" else {"fused": True} if optimizer == "fused" else {}
     opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, **kw)
 
-    def loss_fn() -> torch.Tensor:
+    def variant_loss() -> torch.Tensor:
         if variant == "hf":
             return model(input_ids=caps, pixel_values=images, return_loss=True).loss
         if variant == "ours-same":
@@ -146,12 +146,16 @@ def build(name: str, variant: str, batch: int, device: str, optimizer: str, seed
         return (image_text_loss(out["image"], out["text"][:, 0], out["logit_scale"])
                 + multi_label_loss(out["image"], out["text"][:, 1:], out["multi_label_logit_scale"]))
 
+    def loss_fn() -> torch.Tensor:
+        """The variant's forward and loss, under bf16 autocast with --precision bf16 (the trainer's CUDA setting)."""
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
+            return variant_loss()
+
     def step() -> float:
         """Returns the seconds spent in forward + loss + backward (the rest is the AdamW step)."""
         opt.zero_grad(set_to_none=True)
         t = CLOCK()
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
-            loss = loss_fn()
+        loss = loss_fn()
         loss.backward()
         sync(device)
         fb = CLOCK() - t
@@ -177,13 +181,11 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(name: str, batch: int, device: str, optimizer: str, steps: int, warmup: int
+def time_interleaved(built: dict[str, Built], device: str, steps: int, warmup: int
                      ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """Why: median seconds per step (and of its forward+backward part) of each variant, steps taken in turn;
     CUDA peak memory alongside."""
-    runs: dict[str, Callable[[], float]] = {}
-    for v in VARIANTS:
-        runs[v] = build(name, v, batch, device, optimizer).step
+    runs = {v: b.step for v, b in built.items()}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     fbs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     peak: dict[str, float] = {}
@@ -207,7 +209,7 @@ def time_interleaved(name: str, batch: int, device: str, optimizer: str, steps: 
     return {v: stat(t) for v, t in times.items()}, {v: stat(t) for v, t in fbs.items()}, peak
 
 
-def count_flops(name: str, batch: int, device: str) -> dict[str, float]:
+def count_flops(built: dict[str, Built]) -> dict[str, float]:
     """Why: GFLOP of one forward + backward per variant, the work a step cannot avoid; their ratio is the
     speed-up each variant can reach at equal FLOP/s (untimed, after the timed steps).
 
@@ -218,12 +220,9 @@ def count_flops(name: str, batch: int, device: str) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     out = {}
-    for v in VARIANTS:
-        loss_fn = build(name, v, batch, device, "default").loss_fn
+    for v, b in built.items():  # the timed variants themselves: FLOPs do not depend on their trained weights
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
-                loss = loss_fn()
-            loss.backward()
+            b.loss_fn().backward()
         out[v] = counter.get_total_flops() / 1e9
     return out
 
@@ -301,10 +300,12 @@ def main() -> None:
     for name in args.config:
         batch = args.batch or DEFAULT_BATCH.get(name, 8)
         diff = check_parity(name, args.device)
-        secs, fb, peak = time_interleaved(name, batch, args.device, args.optimizer, args.steps, args.warmup)
+        built = {v: build(name, v, batch, args.device, args.optimizer) for v in VARIANTS}
+        secs, fb, peak = time_interleaved(built, args.device, args.steps, args.warmup)
+        flops = count_flops(built)
+        del built
         if not args.device.startswith("cuda") and not args.no_memory:
             peak = rss_peaks(name, batch, args.optimizer, torch.get_num_threads())
-        flops = count_flops(name, batch, args.device)
         print(f"\n{name}, batch {batch} (eval logits max |ours - hf| = {diff:.2e})")
         print(f"  {'variant':<10} {'s/step':>8} {'img/s':>8} {'speed-up':>9}   {'fwd+bwd s':>9} {'speed-up':>9}"
               f"   {'AdamW s':>8} {'peak MB':>8}   {'GFLOP':>8} {'FLOP ratio':>10} {'GFLOP/s':>8}")
