@@ -41,7 +41,8 @@ def hnsw_index(emb: np.ndarray):
 def toy_run_inputs(config_path: str):
     """Why: the acceptance target is on the toy world's own embeddings, as a finished `cocu run` left them."""
     from cocu_core.config import load_config
-    from cocu_core.curation_stage import concept_embeddings_stage, load_curation_data
+    from cocu_core.stages.concepts import concepts_stage
+    from cocu_core.curation.data import load_curation_data
     from cocu_core.encoder.load import encoder_fingerprint
 
     cfg = load_config(config_path)
@@ -50,7 +51,7 @@ def toy_run_inputs(config_path: str):
         raise FileNotFoundError("concept embeddings are not cached")
 
     try:
-        emb, _ = concept_embeddings_stage(cfg.workpath / "vocabulary", cfg.workpath / "concept_emb", cfg,
+        emb, _ = concepts_stage(cfg.workpath / "vocabulary", cfg.workpath / "concept_emb", cfg,
                                           encoder_fingerprint(cfg), not_cached)
         d = load_curation_data(cfg.workpath / "embed", cfg.workpath / "vocabulary", emb, cfg.curation.max_ngram)
     except (FileNotFoundError, OSError) as e:

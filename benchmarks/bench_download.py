@@ -3,7 +3,7 @@
 Both arms fetch the same toy-world JPEGs from the same loopback HTTP server with the same img2dataset settings
 (processes, threads, shard size, resize, timeout, retries, webdataset output):
 
-* ours:   `cocu_core.data.download.download_stage` (reads and cleans the list, writes input.parquet, runs img2dataset in
+* ours:   `cocu_core.stages.download.download_stage` (reads and cleans the list, writes input.parquet, runs img2dataset in
           a child process tree that dies with it, journals finished shards, then collects samples.parquet and the report);
 * direct: `img2dataset.download(**same settings)` in a fresh Python process on the url list as written (what a user
           would run by hand), no extra column.
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
 
-    from cocu_core.data.download import download_stage
+    from cocu_core.stages.download import download_stage
     from cocu_core.toyworld import serve_directory, write_url_list
 
     work = Path(tempfile.mkdtemp(prefix="cocu_bench_download_"))

@@ -5,7 +5,7 @@ The shards: toy-world pairs served over loopback and downloaded once by our down
 the toy `cocu-tiny` architecture (configs/toy.yaml's encoder settings) with random weights saved to a file, or a
 trained checkpoint (`--checkpoint runs/toy/encoder/cocu-tiny.pt`); the speed is the same.
 
-* ours:   `cocu_core.embed.embed_stage` (one child process; clip-retrieval once per shard into a temporary part,
+* ours:   `cocu_core.stages.embed.embed_stage` (one child process; clip-retrieval once per shard into a temporary part,
           renamed when complete; then the parts are checked, L2-normalised, sorted by key and assembled into the
           memory-mapped float32 arrays + metadata.parquet);
 * direct: `clip_retrieval.clip_inference.main.main` in a fresh Python process, once over all shards (brace pattern,
@@ -48,7 +48,7 @@ if __name__ == "__main__":
     import open_clip
     for p in spec.pop("model_configs"):
         open_clip.add_model_config(p)
-    from cocu_core.embed_runner import _models_in_eval_mode
+    from cocu_core.embeddings._runner import _models_in_eval_mode
     _models_in_eval_mode(open_clip)
     from clip_retrieval.clip_inference.main import main
     main(**spec)
@@ -89,8 +89,11 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from cocu_core.compat import ensure_torchvision
-    from cocu_core.data.download import download_stage, shard_name
-    from cocu_core.embed import assemble_parts, embed_stage, l2_normalise, part_key_for, prepro_workers
+    from cocu_core.stages.download import download_stage
+    from cocu_core.data.shards import shard_name
+    from cocu_core.embeddings.store import assemble_parts, l2_normalise
+    from cocu_core.stages.embed import embed_stage, part_key_for
+    from cocu_core.embeddings.clip_retrieval import prepro_workers
     from cocu_core.encoder.load import clip_model_string, encoder_fingerprint, model_config_paths, resolve_weights
     from cocu_core.proc import run_module
     from cocu_core.toyworld import serve_directory, write_url_list
@@ -141,7 +144,7 @@ def main() -> None:
                     assert not rep_["cached"] and rep_["shards_embedded"] == n_shards
                 elif arm == "grouped":
                     names = [shard_name(i) for i in range(n_shards)]
-                    run_module("cocu_core.embed_runner", {
+                    run_module("cocu_core.embeddings._runner", {
                         "parts_dir": str(out / "parts"), "shards_dir": str(shards), "shards": names,
                         "clip_model": clip_model, "part_key": part_key_for(w / "download", enc_id, cfg),
                         "batch_size": cfg.encoder.inference_batch_size, "num_workers": cfg.encoder.num_workers,

@@ -75,7 +75,7 @@ def main() -> None:
 
     import faiss
 
-    from cocu_core.embed import open_npy
+    from cocu_core.embeddings.store import open_npy
     from cocu_core.index import build as ib
     from cocu_core.io import read_json
 

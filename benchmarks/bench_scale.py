@@ -202,8 +202,8 @@ def write_corpus(root: Path, n: int, shard_size: int, cfg, seed: int = 0,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from cocu_core.data.download import shard_name
-    from cocu_core.embed import part_key_for
+    from cocu_core.data.shards import shard_name
+    from cocu_core.stages.embed import part_key_for
     from cocu_core.io import write_json_atomic, write_manifest
 
     world = World(seed)
@@ -290,18 +290,18 @@ def run_stage(stage: str, root: Path, n: int) -> dict[str, Any]:
         if stage == "write":
             out.update(write_corpus(w, n, int(os.environ.get("BENCH_SHARD_SIZE", "10000")), cfg))
         elif stage == "embed":
-            from cocu_core.embed import embed_stage
+            from cocu_core.stages.embed import embed_stage
 
             out.update(embed_stage(w / "download", w / "embed", cfg, "synthetic:clip-like-512", "synthetic-clip-0",
                                    progress=False))
         elif stage == "vocabulary":
-            from cocu_core.curation_stage import vocabulary_stage
+            from cocu_core.stages.vocabulary import vocabulary_stage
 
             out.update({k: v for k, v in vocabulary_stage(w / "embed", w / "vocabulary", cfg).items() if k != "top"})
         elif stage == "index":
-            from cocu_core.index import build_index_stage
+            from cocu_core.stages.index import index_stage
 
-            rep = build_index_stage(w / "embed", w / "index", cfg)
+            rep = index_stage(w / "embed", w / "index", cfg)
             out.update({f"{k}_{name}": v for name, r in rep.items() if isinstance(r, dict) for k, v in r.items()})
         elif stage in ("curate", "inputs", "curate-sample"):
             out.update(_curate(cfg, only_inputs=stage == "inputs",
@@ -324,14 +324,16 @@ def _curate(cfg, only_inputs: bool, sample: int = 0) -> dict[str, Any]:
     """Why: the curate stage's work (concept embeddings, curation inputs, every shard's archive); with `sample` > 0,
     only that many shards spread over the corpus, into `curate_sample/` (the stage's own archives stay untouched),
     to measure per-image cost and memory at a size whose full stage takes long."""
-    from cocu_core.curation_stage import (archive_dir_for, concept_embeddings_stage, curate_shard_stage,
-                                          curation_upstream_fp, load_curation_data, shard_names)
+    from cocu_core.curation.data import load_curation_data, shard_names
+    from cocu_core.layout import stage_dir
+    from cocu_core.stages.concepts import concepts_stage
+    from cocu_core.stages.curate import curate_shard_stage, curation_upstream_fp
     from cocu_core.index import load_index
 
     w = cfg.workpath
     world = World(0)
     t0 = time.time()
-    emb, _ = concept_embeddings_stage(w / "vocabulary", w / "concept_emb", cfg, "synthetic-clip-0",
+    emb, _ = concepts_stage(w / "vocabulary", w / "concept_emb", cfg, "synthetic-clip-0",
                                       world.encode_text_fn(cfg.encoder.templates))
     data = load_curation_data(w / "embed", w / "vocabulary", emb, cfg.curation.max_ngram)
     inputs_s = time.time() - t0
@@ -340,7 +342,7 @@ def _curate(cfg, only_inputs: bool, sample: int = 0) -> dict[str, Any]:
     upstream = curation_upstream_fp(cfg, "synthetic-clip-0")
     index = load_index(w / "index", "image", embed_dir=w / "embed")  # variant cocu: only the image index is read
     names = list(shard_names(data))
-    out_dir = archive_dir_for(cfg)
+    out_dir = stage_dir(cfg, "curate")
     if sample:
         names = [names[i] for i in np.linspace(0, len(names) - 1, min(sample, len(names))).round().astype(int)]
         out_dir = cfg.workpath / "curate_sample" / cfg.curation.variant
@@ -371,20 +373,21 @@ CLIP_MODEL, ENCODER_FP = "synthetic:clip-like-512", "synthetic-clip-0"
 def small_run(root: Path, n: int = 960, shard_size: int = 240, stages: Sequence[str] = ("embed", "index", "vocabulary"),
               encoder_fp: str = ENCODER_FP):
     """Why: tests build a few shards of the synthetic corpus through the real stages; returns (cfg, concept_emb)."""
-    from cocu_core.curation_stage import concept_embeddings_stage, vocabulary_stage
-    from cocu_core.embed import embed_stage
-    from cocu_core.index import build_index_stage
+    from cocu_core.stages.concepts import concepts_stage
+    from cocu_core.stages.vocabulary import vocabulary_stage
+    from cocu_core.stages.embed import embed_stage
+    from cocu_core.stages.index import index_stage
 
     cfg = bench_config(root, n, recall_sample=100)
     write_corpus(root, n, shard_size, cfg, encoder_fp=encoder_fp)
     if "embed" in stages:
         embed_stage(root / "download", root / "embed", cfg, CLIP_MODEL, encoder_fp, progress=False)
     if "index" in stages:
-        build_index_stage(root / "embed", root / "index", cfg)
+        index_stage(root / "embed", root / "index", cfg)
     emb = None
     if "vocabulary" in stages:
         vocabulary_stage(root / "embed", root / "vocabulary", cfg)
-        emb, _ = concept_embeddings_stage(root / "vocabulary", root / "concept_emb", cfg, encoder_fp,
+        emb, _ = concepts_stage(root / "vocabulary", root / "concept_emb", cfg, encoder_fp,
                                           World(0).encode_text_fn(cfg.encoder.templates))
     return cfg, emb
 

@@ -30,8 +30,18 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from cocu_core.config import ConfigError, PipelineConfig, config_from_dict, fingerprint
-from cocu_core.io import read_json, read_manifest, stage_is_current, write_bytes_atomic, write_json_atomic, write_manifest
+from cocu_core.config import TRAIN_VARIANTS, ConfigError, PipelineConfig, config_from_dict, fingerprint
+from cocu_core.evaluation.datasets import get_dataset
+from cocu_core.evaluation.roots import dataset_root
+from cocu_core.evaluation.training_signal import format_training_signal
+from cocu_core.io import (read_json, read_manifest, stage_is_current, write_bytes_atomic, write_json_atomic,
+                          write_manifest)
+from cocu_core.plot import save_line_plot
+from cocu_core.stages.evaluate import evaluate_stage
+from cocu_core.stages.semantic_gap import training_signal_stage
+from cocu_core.stages.train import ARCHIVE_FOR, train_stage
+from cocu_core.templates import get_templates
+from cocu_core.toyworld.concepts import CONCEPTS
 
 ABLATION_VERSION = 1
 METRICS = (("mIoU", "mIoU"), ("stuff_mIoU", "stuff mIoU"), ("thing_mIoU", "thing mIoU"), ("top1", "zero-shot top-1"))
@@ -75,8 +85,6 @@ def arm_config(cfg: PipelineConfig, seed: int) -> PipelineConfig:
 
 def split_arms(arms: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """Why: an arm the installed trainer does not know yet (e.g. `oracle`) is reported as not available, not fatal."""
-    from cocu_core.config import TRAIN_VARIANTS
-
     ok = [a for a in arms if a in TRAIN_VARIANTS]
     missing = {a: f"train variant '{a}' is not available in this installation (cocu_core.config.TRAIN_VARIANTS)"
                for a in arms if a not in TRAIN_VARIANTS}
@@ -85,8 +93,6 @@ def split_arms(arms: Sequence[str]) -> tuple[list[str], dict[str, str]]:
 
 def needed_curations(arms: Sequence[str]) -> list[str]:
     """Why: the curation variants whose archives the arms read (the oracle builds its own from ground truth)."""
-    from cocu_core.train.stage import ARCHIVE_FOR
-
     out: list[str] = []
     for a in arms:
         v = ARCHIVE_FOR.get(a) if a != "oracle" else None
@@ -119,15 +125,11 @@ def check_inputs(cfg: PipelineConfig, arms: Sequence[str], config_name: str = "C
 
 def needed_for(variant: str) -> list[str]:
     """Why: the arms that read one curation variant's archives, named when those archives are missing."""
-    from cocu_core.train.stage import ARCHIVE_FOR
-
     return [a for a, v in ARCHIVE_FOR.items() if v == variant and a != "oracle"]
 
 
 def class_kinds() -> dict[str, str]:
     """Why: toy class name -> 'stuff' or 'thing', the split of the paper's stuff/thing columns."""
-    from cocu_core.toyworld.concepts import CONCEPTS
-
     return {c.name: c.kind for c in CONCEPTS}
 
 
@@ -199,8 +201,6 @@ def mean_curve(curves: Sequence[dict[str, list[float]]], key: str) -> tuple[list
 
 def loss_plot(out: Path, arms: Sequence[str], seeds: Sequence[int], path: Path) -> Optional[Path]:
     """Why: the paper's Figure 3a: the total and image-text training losses of the chosen arms, mean over seeds."""
-    from cocu_core.plot import save_line_plot
-
     series: dict[str, tuple[list[float], list[float]]] = {}
     for arm in arms:
         curves = [read_curve(f) for s in seeds if (f := run_dir(out, arm, s) / "train" / "loss_curve.csv").is_file()]
@@ -253,10 +253,8 @@ def missing_concept_maps(cfg: PipelineConfig, out: Path, arms: Sequence[str], se
     """Why: the paper's Figure 4: where each arm's model finds concepts that the image's caption never named."""
     import torch
 
-    from cocu_core.evaluation.datasets import get_dataset
     from cocu_core.evaluation.segmentation import class_embeddings, predict
-    from cocu_core.evaluation.stage import _missing_concepts, concept_panel, dataset_root, settings_for
-    from cocu_core.templates import get_templates
+    from cocu_core.evaluation.zero_shot import concept_panel, missing_concepts, settings_for
     from cocu_core.train.checkpoint import load_model
     from cocu_core.train.distributed import resolve_device
 
@@ -265,7 +263,7 @@ def missing_concept_maps(cfg: PipelineConfig, out: Path, arms: Sequence[str], se
         return []
     c = arm_config(cfg, seed)
     ds = get_dataset("toy", dataset_root(c, "toy"))
-    picked = pick_map_images(ds, _missing_concepts(c, "toy"), n)
+    picked = pick_map_images(ds, missing_concepts(c, "toy"), n)
     captions = _val_captions(c)
     device = resolve_device(cfg.ablation.device)
     settings = settings_for(c, ds)
@@ -297,15 +295,9 @@ def _val_captions(cfg: PipelineConfig) -> dict[str, str]:
     return {r["key"]: r["caption"] for r in pq.read_table(p, columns=["key", "caption"]).to_pylist()}
 
 
-def training_signal(cfg: PipelineConfig, out: Path, arms: Sequence[str], seed: int) -> tuple[Optional[str], str]:
+def training_signal_section(cfg: PipelineConfig, out: Path, arms: Sequence[str], seed: int) -> tuple[Optional[str], str]:
     """Why: what each arm's training prompts actually contain over the ablation's budget (issue 13 point 2), from
-    the module that measures it; returns (markdown table, "") or (None, why it is not available)."""
-    try:
-        from cocu_core.evaluation.training_signal import format_training_signal, training_signal_stage
-    except ImportError as exc:  # the module (or its entry points) not in this installation
-        if isinstance(exc, ModuleNotFoundError) and not (exc.name or "").startswith("cocu_core"):
-            raise
-        return None, f"not available ({exc})"
+    the module that measures it; returns (markdown table, "")."""
     rows, _ = training_signal_stage(arm_config(cfg, seed), out_dir=out / "training_signal", arms=list(arms))
     return (format_training_signal(rows) + f"\n\nReplayed for seed {seed} over {cfg.ablation.epochs} epoch(s)"
             + (f", capped at {cfg.train.max_steps} steps" if cfg.train.max_steps else "") + "."), ""
@@ -403,7 +395,7 @@ def ablation_report(cfg: PipelineConfig, runs: Sequence[dict[str, Any]], unavail
     table = table_markdown(agg, unavailable)
     curve = loss_plot(out, [x for x in a.map_arms if x in arms], a.seeds, out / "loss_curves.png")
     figures = missing_concept_maps(cfg, out, [x for x in a.map_arms if x in arms], a.seeds[0], a.map_images, log)
-    signal = training_signal(cfg, out, arms, a.seeds[0])
+    signal = training_signal_section(cfg, out, arms, a.seeds[0])
     result = {"arms": agg, "runs": public_runs,
               "unavailable": unavailable, "table": table, "loss_plot": str(curve) if curve else None,
               "maps": list(figures), "training_signal": signal[0] or signal[1], "epochs": a.epochs, "seeds": a.seeds,
@@ -420,9 +412,6 @@ def ablation_report(cfg: PipelineConfig, runs: Sequence[dict[str, Any]], unavail
 def run_arm(cfg: PipelineConfig, arm: str, seed: int, out_dir: Optional[str | Path] = None,
             log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """Why: one (arm, seed) run through the pipeline's own train and evaluate stages (each cached, resumable)."""
-    from cocu_core.evaluation.stage import evaluate_stage
-    from cocu_core.train.stage import train_stage
-
     d = run_dir(ablation_dir(cfg, out_dir), arm, seed)
     c = arm_config(cfg, seed)
     tr = train_stage(c, variant=arm, out_dir=d / "train", log=log, progress=progress)

@@ -9,13 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cocu_core.errors import CocuError
 
-class ConfigError(ValueError):
+# The names the pipeline is run by, each defined once (the Literals type the fields; the tuples are for loops).
+CurationVariant = Literal["baseline", "v1", "v2", "v3", "cocu"]
+TrainVariant = Literal["baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle"]
+EvalDataset = Literal["toy", "voc", "context", "coco_object", "coco_stuff", "cityscapes", "ade20k", "imagenet_s50",
+                      "imagenet_s300"]
+CURATION_VARIANTS: tuple[str, ...] = get_args(CurationVariant)
+TRAIN_VARIANTS: tuple[str, ...] = get_args(TrainVariant)
+EVAL_DATASETS: tuple[str, ...] = get_args(EvalDataset)
+
+
+class ConfigError(ValueError, CocuError):
     """A user mistake in a config file: the message names the file and the offending key."""
 
 
@@ -186,7 +197,7 @@ class IndexConfig(_Section):
 class CurationConfig(_Section):
     """CoCu's three stages and the paper's Table 3 ablation variants."""
 
-    variant: Literal["baseline", "v1", "v2", "v3", "cocu"] = Field(
+    variant: CurationVariant = Field(
         "cocu",
         description=(
             "baseline: caption concepts only; v1: language-driven + naive + naive; v2: vision-driven + naive"
@@ -211,9 +222,6 @@ class CurationConfig(_Section):
     )
 
 
-TRAIN_VARIANTS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle")
-
-
 class TrainConfig(_Section):
     """GroupViT pre-training with the multi-label loss fed by curated concepts (GV `configs/default.yml`)."""
 
@@ -221,7 +229,7 @@ class TrainConfig(_Section):
     model_overrides: dict[str, Any] = Field(
         default_factory=dict, description="Fields of the named model config to change, e.g. {drop_path_rate: 0.0}."
     )
-    variant: Optional[Literal["baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle"]] = Field(
+    variant: Optional[TrainVariant] = Field(
         None,
         description=(
             "Which text inputs feed the multi-label loss. None: the curation variant. `baseline`: nouns of the caption"
@@ -265,10 +273,6 @@ class TrainConfig(_Section):
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes per training process.")
     log_every: int = Field(10, ge=1, description="Steps between loss-curve rows (every step is logged to the bar).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs); null = all epochs.")
-
-
-EVAL_DATASETS = ("toy", "voc", "context", "coco_object", "coco_stuff", "cityscapes", "ade20k", "imagenet_s50",
-                 "imagenet_s300")
 
 
 class EvalConfig(_Section):
@@ -358,7 +362,7 @@ class RuntimeConfig(_Section):
         return " ".join(fields)
 
 
-ABLATION_ARMS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle")
+ABLATION_ARMS = TRAIN_VARIANTS  # every training variant is an arm
 
 
 class AblationConfig(_Section):
@@ -506,7 +510,7 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, overrides)
     return config_from_dict(data, str(p))
 
 
@@ -525,11 +529,12 @@ def parse_override(item: str) -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Why: `--set a.b=1` overrides one nested field and keeps its siblings."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out

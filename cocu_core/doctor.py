@@ -6,6 +6,10 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
+from cocu_core.compat import ensure_torchvision
+from cocu_core.config import load_config
+from cocu_core.wordnet_data import ensure_nltk_path
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,8 +24,6 @@ def _check(name: str, fn: Callable[[], str], say: Callable[[str], None]) -> bool
 
 
 def _torchvision() -> str:
-    from cocu_core.compat import ensure_torchvision
-
     patched = ensure_torchvision()
     import torchvision.transforms  # noqa: F401
 
@@ -46,8 +48,6 @@ def _no_backport() -> str:
 
 
 def _wordnet() -> str:
-    from cocu_core.wordnet_data import ensure_nltk_path
-
     ensure_nltk_path()
     from nltk.corpus import wordnet as wn
 
@@ -58,8 +58,6 @@ def _wordnet() -> str:
 
 
 def _configs() -> str:
-    from cocu_core.config import load_config
-
     names = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
     for n in names:
         load_config(ROOT / "configs" / n)

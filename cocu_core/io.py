@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cocu_core import __version__
+from cocu_core.config import fingerprint
 
 SCHEMA_VERSION_KEY = b"cocu.schema_version"
 
@@ -97,8 +98,6 @@ def write_manifest(
     extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Why: every stage leaves a record of what it consumed and produced; its presence marks completion."""
-    from cocu_core.config import fingerprint
-
     manifest = {
         "stage": stage,
         "cache_key": fingerprint({"inputs": inputs_fingerprint, "config": config_fields}),
@@ -127,8 +126,6 @@ def read_manifest(stage_dir: str | Path) -> Optional[dict[str, Any]]:
 
 def stage_is_current(stage_dir: str | Path, inputs_fingerprint: str, config_fields: dict[str, Any]) -> bool:
     """Why: skip work when a finished manifest matches this run's inputs and config fields."""
-    from cocu_core.config import fingerprint
-
     m = read_manifest(stage_dir)
     return bool(m) and m.get("cache_key") == fingerprint({"inputs": inputs_fingerprint, "config": config_fields})
 

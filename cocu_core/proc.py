@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from cocu_core.io import write_json_atomic
+from cocu_core.runtime import current_threads
 
 _PR_SET_PDEATHSIG = 1
 DEATHSIG_DIR = Path(__file__).resolve().parent / "_deathsig"
@@ -83,8 +84,6 @@ def run_module(module: str, spec: dict[str, Any], spec_path: Path, log_path: Pat
                threads: Optional[int] = None) -> None:
     """Why: `python -m module spec.json` with output to `log_path`, in a process tree that dies with us;
     errors carry the log tail. `threads`: OpenMP/BLAS threads of the tree (None: the caller's policy)."""
-    from cocu_core.runtime import current_threads
-
     write_json_atomic(spec_path, {**spec, "_parent_pid": os.getpid()})
     full_env = tree_env(env, threads or current_threads())
     with open(log_path, "ab") as log:

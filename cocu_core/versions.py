@@ -26,11 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cocu_core.io import read_json, write_json_atomic
-
-
-def versions_root(workpath: Path, variant: str) -> Path:
-    """Why: every variant keeps its own version history beside the working archives."""
-    return workpath / "archives" / variant
+from cocu_core.layout import versions_root  # noqa: F401  (re-exported: the archives folder is declared in layout)
 
 
 def version_dir(root: Path, number: int) -> Path:

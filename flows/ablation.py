@@ -27,7 +27,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from cocu_core.config import PipelineConfig, config_from_dict
 from cocu_core.runtime import limit_threads
 from cocu_core.stages import applicable_stages
+from cocu_core.stages.train import train_probe
+from flows import publish
 from flows import tasks as T
+from flows.progress import Progress
 
 
 def upstream_stages(cfg: PipelineConfig, variants: list[str]) -> list[str]:
@@ -60,9 +63,9 @@ def ablation_run_task(cfg: PipelineConfig, arm: str, seed: int, threads: int) ->
     from cocu_core.ablation import ablation_dir, arm_config, run_arm, run_dir
 
     c = arm_config(cfg, seed)
-    probe = T._train_probe(c, run_dir(ablation_dir(cfg), arm, seed) / "train")
-    with limit_threads(threads), T.Progress(cfg, "ablation-train", probe):
-        return run_arm(cfg, arm, seed, log=T._log, progress=False)
+    probe = train_probe(c, run_dir(ablation_dir(cfg), arm, seed) / "train")
+    with limit_threads(threads), Progress(cfg, "ablation-train", probe):
+        return run_arm(cfg, arm, seed, log=T.log, progress=False)
 
 
 @task(name="ablation-report", **T.STAGE_TASK)
@@ -71,7 +74,7 @@ def ablation_report_task(cfg: PipelineConfig, runs: list[dict], unavailable: dic
     from cocu_core.ablation import METRICS, ablation_report, embedded_report
 
     with limit_threads(threads):
-        rep = ablation_report(cfg, runs, unavailable, log=T._log)
+        rep = ablation_report(cfg, runs, unavailable, log=T.log)
     rows = []
     for arm, e in rep["arms"].items():
         row = {"arm": arm, "seeds": len(e["seeds"])}
@@ -79,9 +82,9 @@ def ablation_report_task(cfg: PipelineConfig, runs: list[dict], unavailable: dic
             row[f"{label} mean"], row[f"{label} std"] = e[key]["mean"], e[key]["std"]
         rows.append(row)
     rows += [{"arm": arm, "seeds": 0, "note": why} for arm, why in rep["unavailable"].items()]
-    T.publish_table(cfg, "ablation", rows, f"Table 3 in miniature: mean and std over seeds {cfg.ablation.seeds} "
-                                           f"({cfg.ablation.epochs} epochs per arm, {T.hit(rep)})")
-    T.publish_markdown(cfg, "ablation-report", embedded_report(Path(rep["dir"])),
+    publish.publish_table(cfg, "ablation", rows, f"Table 3 in miniature: mean and std over seeds {cfg.ablation.seeds} "
+                                           f"({cfg.ablation.epochs} epochs per arm, {publish.hit(rep)})")
+    publish.publish_markdown(cfg, "ablation-report", embedded_report(Path(rep["dir"])),
                        "ablation table, loss curves and missing-concept maps")
     return rep
 
@@ -103,7 +106,7 @@ def cocu_ablation(config_path: str = "configs/toy.yaml", overrides: Optional[lis
     check_inputs(cfg, arms, config_path)
     state = StageRun(cfg, [])
     plan = [(arm, seed) for seed in cfg.ablation.seeds for arm in arms]
-    bar = create_progress_artifact(0.0, key=T.artifact_key(cfg, "ablation-progress"), description="ablation runs done")
+    bar = create_progress_artifact(0.0, key=publish.artifact_key(cfg, "ablation-progress"), description="ablation runs done")
     runs = []
     for i, (arm, seed) in enumerate(plan):
         state.enter(f"ablation {arm} seed {seed}")

@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from cocu_core import cli as core_cli
-from cocu_core.cli import _load, _with_config, command
+from cocu_core.cli import add_config_args, command, load_config_args
 
 FORCE_AFTER_S = 60  # a flow that has not stopped this long after Ctrl-C is killed with its whole tree
 
 
 def _setup_run(p: argparse.ArgumentParser) -> None:
-    _with_config(p, required=True)
+    add_config_args(p, required=True)
     p.add_argument("--only", metavar="STAGE", default=None, help="run only this stage (its inputs must exist)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE", default=None,
                    help="run this stage and every later one")
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the `cocu_pipeline` Prefect flow for a config (cached stages are skipped; a rerun resumes)."""
     from cocu_core.stages import preflight, select_stages
 
-    cfg = _load(args)
+    cfg = load_config_args(args)
     if "download" in select_stages(cfg, args.only, args.from_stage):  # mistakes: one line, before Prefect starts
         preflight(cfg)
     return run_flow_process(flow_command(args), args.config, cfg.workpath)
@@ -105,7 +105,7 @@ command("run", _setup_run)(cmd_run)
 
 
 def _setup_ablation(p: argparse.ArgumentParser) -> None:
-    _with_config(p, required=True)
+    add_config_args(p, required=True)
     p.add_argument("--arms", default=None, metavar="A,B,...",
                    help="arms to compare (default: ablation.arms): baseline, v1, v2, v3, cocu, topk-release, oracle")
     p.add_argument("--seeds", default=None, metavar="0,1,...", help="training seeds (default: ablation.seeds)")
@@ -144,7 +144,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from cocu_core.ablation import split_arms
 
     args.set = ablation_overrides(args)
-    cfg = _load(args)  # mistakes (bad arm, bad field): one line, before Prefect starts
+    cfg = load_config_args(args)  # mistakes (bad arm, bad field): one line, before Prefect starts
     if cfg.data.source != "toyworld":
         from cocu_core.cli import UserError
 
@@ -168,7 +168,7 @@ command("ablation", _setup_ablation)(cmd_ablation)
 
 
 def _setup_deploy(p: argparse.ArgumentParser) -> None:
-    _with_config(p, required=True)
+    add_config_args(p, required=True)
     p.add_argument("--pool", default=None, help="process work pool name (default: the one in deployments/prefect.yaml)")
     p.add_argument("--gpu", action="store_true", help="also deploy cocu-pipeline-gpu (its docker pool must exist)")
     p.add_argument("--gpu-config", default=None, help="config for the GPU deployment (default: the one in the file)")
@@ -178,7 +178,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     """Create the Prefect deployments cocu-pipeline and cocu-recurate (schedule from runtime.recurate_cron)."""
     from flows.deploy import deploy
 
-    cfg = _load(args)
+    cfg = load_config_args(args)
     names = deploy(cfg, args.config, args.pool, args.gpu, args.gpu_config, list(args.set or []))
     sched = (f"cron '{cfg.runtime.recurate_cron}' ({cfg.runtime.recurate_timezone})" if cfg.runtime.recurate_cron
              else "no schedule (runtime.recurate_cron is null)")

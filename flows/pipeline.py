@@ -1,7 +1,8 @@
-"""The `cocu_pipeline` flow: toy world -> download -> encoder -> embed -> index -> vocabulary -> concept
-embeddings -> curate (one task per shard, run concurrently) -> semantic-gap report -> train -> evaluate.
+"""The `cocu_pipeline` flow: the registry's stages in order (`cocu_core.stages.STAGES`: toy world -> download ->
+encoder -> embed -> index -> vocabulary -> concept embeddings -> curate (one task per shard, run concurrently) ->
+semantic-gap report -> train -> evaluate).
 
-Each task is a thin call into `cocu_core` (flows/tasks.py); stages skip work themselves when their
+Each stage runs in the generic task (flows/tasks.py); stages skip work themselves when their
 manifest matches (the cache key is the stage's inputs fingerprint plus the config fields it reads),
 so a rerun with unchanged inputs is all cache hits, also across Prefect result-storage resets.
 `only` / `from_stage` run one stage, or one stage and everything after it.
@@ -14,18 +15,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-for _k, _v in {"NO_ALBUMENTATIONS_UPDATE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_k, _v)
+from cocu_core.env import apply_quiet_env
+
+apply_quiet_env()  # before Prefect and the stage libraries are imported
 
 from prefect import flow  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect.utilities.annotations import quote  # noqa: E402
 
-from cocu_core.config import PipelineConfig, _deep_merge, load_config, parse_override  # noqa: E402
+from cocu_core.config import PipelineConfig, deep_merge, load_config, parse_override  # noqa: E402
 from cocu_core.io import write_json_atomic  # noqa: E402
+from cocu_core.layout import run_state_path, stage_dir  # noqa: E402
 from cocu_core.runtime import resolve_concurrency, resolve_threads  # noqa: E402
-from cocu_core.stages import preflight, select_stages  # noqa: E402
+from cocu_core.stages import STAGES, preflight, select_stages  # noqa: E402
+from cocu_core.stages.curate import Prepared, summarise_shards  # noqa: E402
+from flows import publish
 from flows import tasks as T  # noqa: E402
 
 # Which stage the flow is in, for the one-line message when a run is interrupted (`flows/run.py`).
@@ -36,7 +40,7 @@ def resolve_config(config_path: str, overrides: Optional[list[str]]) -> Pipeline
     """Why: flows receive plain strings (deployable parameters) and rebuild the typed config."""
     extra: dict = {}
     for item in overrides or []:
-        extra = _deep_merge(extra, parse_override(item))
+        extra = deep_merge(extra, parse_override(item))
     return load_config(config_path, extra)
 
 
@@ -53,7 +57,7 @@ class StageRun:
 
     def enter(self, stage: str) -> None:
         RUN_STATE["stage"] = stage
-        write_json_atomic(self.cfg.workpath / "run_state.json", {"stage": stage, "pid": os.getpid(),
+        write_json_atomic(run_state_path(self.cfg), {"stage": stage, "pid": os.getpid(),
                                                                  "since": time.time()})
 
     def __call__(self, stage: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -69,15 +73,16 @@ class StageRun:
         return any(s in self.selected for s in stages)
 
 
-def curate_all(run: StageRun, data: Any, indexes: dict, encoder_id: str) -> list[dict]:
+CURATION = ("concepts", "curate", "semantic_gap")  # run as one block: they share the curation inputs
+
+
+def curate_all(run: StageRun, prep: Prepared) -> list[dict]:
     """Why: one task per shard, `runtime.concurrency` at a time through the flow's task runner, each with its
     share of the cores; the big inputs are passed by reference (`quote`: Prefect does not walk them)."""
-    from cocu_core.curation_stage import shard_names
-
-    shards = shard_names(data)
+    shards = sorted(prep.data.shard_rows)
     results: list[dict] = []
     for i in range(0, len(shards), run.concurrency):
-        futures = [T.curate_shard_task.submit(run.cfg, s, quote(data), quote(indexes), encoder_id, run.threads_each)
+        futures = [T.curate_shard_task.submit(run.cfg, s, quote(prep), run.threads_each)
                    for s in shards[i:i + run.concurrency]]
         results += [f.result() for f in futures]
     return results
@@ -85,42 +90,31 @@ def curate_all(run: StageRun, data: Any, indexes: dict, encoder_id: str) -> list
 
 def curation_stages(run: StageRun) -> None:
     """Why: concept embeddings, the curation inputs and indexes (each a task), then curate and the gap report."""
-    from cocu_core.curation_stage import summarise_shards
-
     cfg = run.cfg
-    if not run.wants("concepts", "curate", "semantic_gap"):
+    if not run.wants(*CURATION):
         return
-    run.enter("concepts")
-    t0 = time.time()
-    concepts = T.concepts_task(cfg, run.threads_alone, compute=run.wants("concepts"))
-    if run.wants("concepts"):
-        run.results["concepts"] = {k: v for k, v in concepts.items() if k != "emb"}
-        run.timings["concepts"] = round(time.time() - t0, 1)
+    run("concepts", T.task_for("concepts"), "concepts", cfg, run.threads_alone)
     if not run.wants("curate", "semantic_gap"):
         return
     run.enter("curate")
     t0 = time.time()
-    data = T.curation_inputs_task(cfg, quote(concepts), run.threads_alone)
-    indexes = T.load_indexes_task(cfg)
+    data, encoder_id = T.curation_inputs_task(cfg, run.threads_alone)
+    prep = Prepared(data, T.load_indexes_task(cfg), encoder_id)
     if run.wants("curate"):
-        shard_results = curate_all(run, data, indexes, concepts["encoder"])
+        shard_results = curate_all(run, prep)
         run.results["curate"] = {**summarise_shards(shard_results),
                                  "cached": all(r.get("cached") for r in shard_results)}
         run.timings["curate"] = round(time.time() - t0, 1)
-        T.publish_table(cfg, "curate", shard_results + [{"shard": "all", **run.results["curate"]}],
-                        f"concept archives, variant {cfg.curation.variant}, {run.concurrency} shards at a time "
-                        f"with {run.threads_each} thread(s) each")
+        publish.curate(cfg, {**run.results["curate"], "per_shard": shard_results}, run.timings["curate"],
+                         f", {run.concurrency} shards at a time with {run.threads_each} thread(s) each")
     if cfg.data.source == "toyworld":
-        gap = run("semantic_gap", T.gap_report_task, cfg, quote(data), quote(indexes), concepts["encoder"],
-                  run.threads_alone)
+        gap = run("semantic_gap", T.semantic_gap_task, cfg, quote(prep), run.threads_alone)
         if gap:
             print(gap["table"])
 
 
 def summary_markdown(run: StageRun, elapsed: float, flow_name: str = "cocu_pipeline") -> str:
     """Why: the run at a glance in the UI: each stage's time and cache outcome, with links to its outputs."""
-    from cocu_core.stages import stage_dir
-
     lines = [f"# {flow_name} '{run.cfg.name}'", "", f"Work folder: [{run.cfg.workpath}]({run.cfg.workpath.as_uri()}); "
              f"{elapsed:.1f}s in all; {run.concurrency} task(s) at a time.", "",
              "| stage | seconds | cache | outputs |", "|---|---|---|---|"]
@@ -153,21 +147,18 @@ def cocu_pipeline(config_path: str = "configs/toy.yaml", overrides: Optional[lis
 
 
 def execute(run: StageRun) -> None:
-    """Why: the stage sequence, shared by the pipeline and the re-curation flow; unselected stages are skipped."""
+    """Why: the registry's stages in order, shared by the pipeline and the re-curation flow; unselected stages are
+    skipped; the curation block runs where its first stage stands, then the archives are published."""
     cfg, alone = run.cfg, run.threads_alone
-    run("toyworld", T.toyworld_task, cfg, alone)
-    run("download", T.download_task, cfg, alone)
-    run("encoder", T.encoder_task, cfg, alone)
-    run("embed", T.embed_task, cfg, alone)
-    run("index", T.index_task, cfg, alone)
-    run("vocabulary", T.vocabulary_task, cfg, alone)
-    curation_stages(run)
-    if run.wants("curate"):
-        run.results["archives"] = T.publish_archives_task(cfg, run.results.get("download") or {})
-    run("train", T.train_task, cfg, alone)
-    run("evaluate", T.evaluate_task, cfg, alone)
+    for name in STAGES:
+        if name == CURATION[0]:
+            curation_stages(run)
+            if run.wants("curate"):
+                run.results["archives"] = T.publish_archives_task(cfg, run.results.get("download") or {})
+        elif name not in CURATION:
+            run(name, T.task_for(name), name, cfg, alone)
     RUN_STATE["stage"] = None
-    (cfg.workpath / "run_state.json").unlink(missing_ok=True)
+    run_state_path(cfg).unlink(missing_ok=True)
 
 
 def finish(run: StageRun, flow_name: str, t_start: float) -> dict:
@@ -176,6 +167,6 @@ def finish(run: StageRun, flow_name: str, t_start: float) -> dict:
     stages = ", ".join(f"{k} {v}s{' (cached)' if isinstance(run.results.get(k), dict) and run.results[k].get('cached') else ''}"
                        for k, v in run.timings.items())
     summary = f"{flow_name} '{run.cfg.name}' finished in {elapsed:.1f}s; outputs in {run.cfg.workpath}; stages: {stages}"
-    T.publish_markdown(run.cfg, "summary" if flow_name == "cocu_pipeline" else "recurate-run-summary",
+    publish.publish_markdown(run.cfg, "summary" if flow_name == "cocu_pipeline" else "recurate-run-summary",
                        summary_markdown(run, elapsed, flow_name), "run summary")
     return {**run.results, "summary": summary, "timings": run.timings, "seconds": round(elapsed, 1)}

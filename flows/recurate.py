@@ -17,7 +17,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cocu_core.stages import applicable_stages, preflight
-from flows import tasks as T
+from flows import publish
 from flows.pipeline import RUN_STATE, StageRun, execute, finish, resolve_config
 
 RECURATE_STAGES = ("toyworld", "download", "encoder", "embed", "index", "vocabulary", "concepts", "curate")
@@ -63,8 +63,8 @@ def cocu_recurate(config_path: str = "configs/toy.yaml", overrides: Optional[lis
     run = StageRun(cfg, [s for s in applicable_stages(cfg) if s in wanted])
     execute(run)
     rows, md = recurate_summary(run)
-    T.publish_table(cfg, "recurate", rows, "re-curation: new pairs and what changed")
-    T.publish_markdown(cfg, "recurate-summary", md, "re-curation summary")
+    publish.publish_table(cfg, "recurate", rows, "re-curation: new pairs and what changed")
+    publish.publish_markdown(cfg, "recurate-summary", md, "re-curation summary")
     result = finish(run, "cocu_recurate", t_start)
     print(md)
     return {**result, "recurate": {r["item"]: r["value"] for r in rows}}

@@ -86,15 +86,19 @@ if n_eval > 2:  # more images of the same two layouts, for a throughput figure
         extra.append(new)
     (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids + extra) + "\n")
 
-from cocu_core.curation_stage import (archive_dir_for, concept_embeddings_stage, curate_shard_stage,
-                                      curation_upstream_fp, load_curation_data, shard_names, vocabulary_stage)
-from cocu_core.data.download import download_stage
-from cocu_core.embed import embed_stage
+from cocu_core.curation.data import load_curation_data, shard_names
 from cocu_core.encoder.load import clip_model_string, encoder_fingerprint, load_encoder, resolve_weights
-from cocu_core.evaluation.stage import evaluate_stage
-from cocu_core.index import build_index_stage, load_index
+from cocu_core.index import load_index
+from cocu_core.layout import stage_dir
+from cocu_core.stages.concepts import concepts_stage
+from cocu_core.stages.curate import curate_shard_stage, curation_upstream_fp
+from cocu_core.stages.download import download_stage
+from cocu_core.stages.embed import embed_stage
+from cocu_core.stages.evaluate import evaluate_stage
+from cocu_core.stages.index import index_stage
+from cocu_core.stages.train import train_stage
+from cocu_core.stages.vocabulary import vocabulary_stage
 from cocu_core.toyworld import serve_directory
-from cocu_core.train.stage import train_stage
 
 res = {"device": name, "arch": arch, "pairs": n_pairs}
 with serve_directory(work / "web") as srv:
@@ -120,15 +124,15 @@ enc_id = encoder_fingerprint(cfg)
 t0 = time.time()
 emb = embed_stage(w / "download", w / "embed", cfg, clip_model_string(arch_, ckpt), enc_id, [], progress=False)
 res.update(embed_s=round(time.time() - t0, 1), embed_samples_per_s=emb["samples_per_s"], embedded=emb["embedded"])
-build_index_stage(w / "embed", w / "index", cfg)
+index_stage(w / "embed", w / "index", cfg)
 vocabulary_stage(w / "embed", w / "vocabulary", cfg)
 enc = load_encoder(cfg, device=dev)
-cemb, _ = concept_embeddings_stage(w / "vocabulary", w / "concept_emb", cfg, enc_id, enc.encode_text)
+cemb, _ = concepts_stage(w / "vocabulary", w / "concept_emb", cfg, enc_id, enc.encode_text)
 data = load_curation_data(w / "embed", w / "vocabulary", cemb, cfg.curation.max_ngram)
 index = load_index(w / "index", "image", embed_dir=w / "embed")
 up = curation_upstream_fp(cfg, enc_id)
 for s in shard_names(data):
-    curate_shard_stage(data, s, archive_dir_for(cfg), cfg, up, enc_id, index, None)
+    curate_shard_stage(data, s, stage_dir(cfg, "curate"), cfg, up, enc_id, index, None)
 del enc
 if dev == "cuda":
     torch.cuda.empty_cache()

@@ -36,9 +36,9 @@ def job(args):
     import torch
     torch.set_num_threads(2)
     from cocu_core.config import load_config
-    from cocu_core.evaluation.stage import evaluate_stage
+    from cocu_core.stages.evaluate import evaluate_stage
     from cocu_core.ablation import run_metrics
-    from cocu_core.train.stage import train_stage
+    from cocu_core.stages.train import train_stage
 
     over = dict(CONFIGS[name])
     train = {**over, "variant": arm, "seed": seed, "device": DEVICE, "num_workers": int(os.environ.get("SWEEP_WORKERS", "3")), "threads": int(os.environ.get("SWEEP_THREADS", "2")),

@@ -74,7 +74,7 @@ def toy_val(tmp_path_factory):
 
 
 def test_metrics_from_a_real_evaluate_stage_results_file(toy_val, tmp_path):
-    from cocu_core.evaluation.stage import evaluate_stage
+    from cocu_core.stages.evaluate import evaluate_stage
     from cocu_core.model import create_model
     from cocu_core.toyworld.concepts import CONCEPTS
     from cocu_core.train.checkpoint import save_checkpoint
@@ -147,13 +147,13 @@ def test_missing_inputs_are_one_line_naming_folder_and_command(toy_val, tmp_path
 def test_cli_shorthands_become_config_overrides(tmp_path):
     import argparse
 
-    from cocu_core.cli import UserError, _load
+    from cocu_core.cli import UserError, load_config_args
     from flows.cli import ablation_overrides
 
     args = argparse.Namespace(config=str(ROOT / "configs" / "toy.yaml"), set=["ablation.epochs=2"],
                               arms="baseline, topk-release", seeds="3,4,5")
     args.set = ablation_overrides(args)
-    cfg = _load(args)
+    cfg = load_config_args(args)
     assert cfg.ablation.arms == ["baseline", "topk-release"] and cfg.ablation.seeds == [3, 4, 5]
     assert cfg.ablation.epochs == 2
     with pytest.raises(UserError, match="whole numbers"):

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from cocu_core.concepts.embed import cached_concept_embeddings, concept_text_embeddings
-from cocu_core.concepts.vocabulary import (
-    VOCAB_VERSION, VocabularyError, build_vocabulary, read_vocabulary, write_vocabulary,
-)
+from cocu_core.concepts.vocabulary import (VOCAB_VERSION, VocabularyError, build_vocabulary, read_vocabulary,
+                                           write_vocabulary)
 from cocu_core.io import parquet_schema_version, write_parquet_atomic
 
 CAPTIONS = [

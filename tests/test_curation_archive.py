@@ -5,9 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cocu_core.config import CurationConfig
-from cocu_core.curation import (
-    ARCHIVE_VERSION, ArchiveError, ArchiveReader, ConceptSampler, archive_metadata, curate, write_archive,
-)
+from cocu_core.curation import (ARCHIVE_VERSION, ArchiveError, ArchiveReader, ConceptSampler, archive_metadata, curate,
+                                write_archive)
 from cocu_core.io import parquet_metadata, parquet_schema_version, write_parquet_atomic
 
 from curation_fixtures import random_inputs

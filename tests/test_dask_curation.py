@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_scale import ENCODER_FP, small_run  # noqa: E402
 
 from cocu_core.config import ConfigError, config_from_dict  # noqa: E402
-from cocu_core.curation_stage import (curate_shard_stage, curation_upstream_fp, load_curation_data,  # noqa: E402
-                                      shard_names)
+from cocu_core.stages.curate import curate_shard_stage, curation_upstream_fp
+from cocu_core.curation.data import load_curation_data, shard_names
 from cocu_core.index import load_index  # noqa: E402
 
 N, SHARD = 960, 160

@@ -215,7 +215,7 @@ def test_cancelled_run_leaves_no_process(stack):
                       parameters={"overrides": [f"workdir={stack['tmp'] / 'cancelled'}"]})
 
     def tool_running() -> bool:
-        return any("_i2d_runner" in c or "embed_runner" in c for c in marked_processes(mark).values())
+        return any("cocu_core.data._runner" in c or "cocu_core.embeddings._runner" in c for c in marked_processes(mark).values())
 
     assert wait_until(tool_running, timeout=900, every=0.5), (stack["tmp"] / "worker.log").read_text()[-3000:]
     r = _client(stack, do="cancel", id=started["id"])

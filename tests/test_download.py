@@ -17,7 +17,9 @@ import pytest
 
 from ingest_fixtures import CORRUPT_INDEX, EMPTY_CAPTION_INDEX, MISSING_INDEX, faulty_source, small_config
 from cocu_core.config import ConfigError
-from cocu_core.data.download import clean_pairs, download_stage, failure_reason, list_fingerprint, read_url_list
+from cocu_core.data.pairs import clean_pairs, list_fingerprint, read_url_list
+from cocu_core.stages.download import download_stage
+from cocu_core.data.shards import failure_reason
 from cocu_core.toyworld import serve_directory, write_url_list
 
 
@@ -101,7 +103,7 @@ import threading
 import pyarrow.parquet as pq
 sys.path.insert(0, {tests!r})
 from ingest_fixtures import small_config
-from cocu_core.data.download import download_stage
+from cocu_core.stages.download import download_stage
 from cocu_core.toyworld import write_url_list
 
 class Slow(SimpleHTTPRequestHandler):

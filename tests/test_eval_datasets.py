@@ -8,21 +8,9 @@ import pytest
 from PIL import Image
 
 from cocu_core.config import EVAL_DATASETS, ToyWorldConfig
-from cocu_core.evaluation.datasets import (
-    COCO_OBJECT_CLASSES,
-    COCO_THING_IDS,
-    DATASETS,
-    ClassificationFolder,
-    DatasetFileError,
-    DatasetLayoutError,
-    ProtocolSettings,
-    SegDataset,
-    SegSample,
-    ToyClassification,
-    decode_rle_counts,
-    rle_mask,
-    get_dataset,
-)
+from cocu_core.evaluation.datasets import (COCO_OBJECT_CLASSES, COCO_THING_IDS, DATASETS, ClassificationFolder,
+                                           DatasetFileError, DatasetLayoutError, ProtocolSettings, SegDataset,
+                                           SegSample, ToyClassification, decode_rle_counts, rle_mask, get_dataset)
 from cocu_core.evaluation.pictures import voc_palette
 from cocu_core.templates import FULL_80, SIMPLE, SUBSET_7, get_templates
 from cocu_core.toyworld import generate_split

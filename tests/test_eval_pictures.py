@@ -6,14 +6,7 @@ from PIL import Image
 
 from cocu_core.config import ToyWorldConfig
 from cocu_core.evaluation.datasets import get_dataset
-from cocu_core.evaluation.pictures import (
-    colorize,
-    group_boundaries,
-    heat_rgb,
-    panel_png,
-    save_palette_png,
-    voc_palette,
-)
+from cocu_core.evaluation.pictures import colorize, group_boundaries, heat_rgb, panel_png, save_palette_png, voc_palette
 from cocu_core.toyworld import generate_split
 
 

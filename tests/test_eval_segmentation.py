@@ -8,10 +8,8 @@ import torch
 from PIL import Image
 
 from cocu_core.config import ToyWorldConfig, config_from_dict
-from cocu_core.evaluation.segmentation import (
-    SegSettings, class_embeddings, pixel_groups, predict, rescale_size, slide_logits, to_model_input, window_boxes,
-    window_logits,
-)
+from cocu_core.evaluation.segmentation import (SegSettings, class_embeddings, pixel_groups, predict, rescale_size,
+                                               slide_logits, to_model_input, window_boxes, window_logits)
 from cocu_core.model import create_model
 
 torch.set_num_threads(1)
@@ -89,7 +87,7 @@ def toy_val(tmp_path_factory):
 
 
 def test_evaluate_stage_writes_table_panels_and_palette_predictions(model, toy_val, tmp_path):
-    from cocu_core.evaluation.stage import evaluate_stage
+    from cocu_core.stages.evaluate import evaluate_stage
     from cocu_core.train.checkpoint import save_checkpoint
 
     ck = tmp_path / "model.pt"
@@ -129,7 +127,7 @@ def ToyDatasetNames() -> list[str]:
 
 
 def test_evaluate_accepts_a_hugging_face_folder(toy_val, tmp_path):
-    from cocu_core.evaluation.stage import evaluate_stage
+    from cocu_core.stages.evaluate import evaluate_stage
     from cocu_core.model.hf_adapter import export_hf
 
     torch.manual_seed(1)
@@ -143,7 +141,7 @@ def test_evaluate_accepts_a_hugging_face_folder(toy_val, tmp_path):
 
 def test_missing_dataset_folder_is_one_clear_error(tmp_path):
     from cocu_core.evaluation.datasets import DatasetLayoutError
-    from cocu_core.evaluation.stage import evaluate_stage
+    from cocu_core.stages.evaluate import evaluate_stage
 
     cfg = config_from_dict({"workdir": str(tmp_path / "w"), "eval": {"datasets": ["voc"],
                                                                     "voc_root": str(tmp_path / "nope")}})

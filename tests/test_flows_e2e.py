@@ -71,7 +71,7 @@ def _cocu(world, *args: str) -> subprocess.CompletedProcess:
 
 def _embedding_under_way(mark: str):
     ps = marked_processes(mark).values()
-    return any("cocu_core.embed_runner" in c for c in ps) and any("spawn_main" in c for c in ps)
+    return any("cocu_core.embeddings._runner" in c for c in ps) and any("spawn_main" in c for c in ps)
 
 
 def test_kill_and_ctrl_c_during_embed_leave_nothing(world):
@@ -170,7 +170,7 @@ def test_full_run_then_all_cache_hits_artifacts_and_status(world):
     assert "| curate |" in arts["tiny-summary"]["data"] and w.as_uri() in arts["tiny-summary"]["data"]
     assert "\"cached\": true" in arts["tiny-curate"]["data"]  # the latest table is the cache-hit rerun's
     # its totals: one archive per download shard, every downloaded sample exactly once
-    from cocu_core.embed import load_embeddings
+    from cocu_core.embeddings.store import load_embeddings
 
     meta = load_embeddings(w / "embed")[2]
     total = next(r for r in json.loads(arts["tiny-curate"]["data"]) if r["shard"] == "all")
@@ -203,7 +203,7 @@ def test_variant_switch_curates_trains_and_evaluates_only_that_variant(world):
     shard, every downloaded sample once, readable by the loader's API; the flow's archives equal the literal
     per-image reference on the toy world's real embeddings."""
     from cocu_core.curation import ArchiveReader, ConceptSampler
-    from cocu_core.embed import load_embeddings
+    from cocu_core.embeddings.store import load_embeddings
 
     r = subprocess.run([sys.executable, "-c", VARIANT_FLOW, str(world["path"])], cwd=ROOT, env=world["env"],
                        capture_output=True, text=True, timeout=1800)
@@ -234,7 +234,8 @@ def _archives_match_reference(cfg_path: Path, run: Path) -> None:
 
     from cocu_core.config import load_config
     from cocu_core.curation import reference_curate
-    from cocu_core.curation_stage import concept_embeddings_stage, load_curation_data
+    from cocu_core.stages.concepts import concepts_stage
+    from cocu_core.curation.data import load_curation_data
     from cocu_core.encoder.load import encoder_fingerprint
     from cocu_core.index import load_index
 
@@ -243,7 +244,7 @@ def _archives_match_reference(cfg_path: Path, run: Path) -> None:
     def not_cached(texts):
         raise AssertionError("the flow should have cached the concept embeddings")
 
-    emb, hit = concept_embeddings_stage(run / "vocabulary", run / "concept_emb", cfg, encoder_fingerprint(cfg),
+    emb, hit = concepts_stage(run / "vocabulary", run / "concept_emb", cfg, encoder_fingerprint(cfg),
                                         not_cached)
     d = load_curation_data(run / "embed", run / "vocabulary", emb, cfg.curation.max_ngram)
     ref = reference_curate(d.keys, d.captions, (d.offsets, d.ids), d.img_emb, d.cap_emb, d.concept_emb,

@@ -79,7 +79,7 @@ def _shard_stamps(setup) -> dict[str, tuple[int, int]]:
 
 def test_growing_list_downloads_and_embeds_only_new_pairs_and_versions_archives(setup):
     from cocu_core.curation import ArchiveReader
-    from cocu_core.embed import load_embeddings
+    from cocu_core.embeddings.store import load_embeddings
     from cocu_core.versions import list_versions, version_dir, versions_root
 
     rows, lists, w = setup["rows"], setup["tmp"] / "lists", setup["cfg"].workpath

@@ -8,14 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cocu_core.model import compose_assignments, create_model, get_config
-from cocu_core.model.hf_adapter import (
-    HFGroupViTError,
-    config_from_hf,
-    export_hf,
-    hf_keys_for,
-    hf_state_dict,
-    load_hf_groupvit,
-)
+from cocu_core.model.hf_adapter import (HFGroupViTError, config_from_hf, export_hf, hf_keys_for, hf_state_dict,
+                                        load_hf_groupvit)
 
 torch.set_num_threads(1)
 transformers = pytest.importorskip("transformers")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ingest_fixtures import small_config
-from cocu_core.embed import l2_normalise, save_npy_atomic
-from cocu_core.index import build_index_stage, load_index, recall_at_k
+from cocu_core.embeddings.store import l2_normalise, save_npy_atomic
+from cocu_core.stages.index import index_stage
+from cocu_core.index import load_index, recall_at_k
 from cocu_core.io import write_manifest
 
 
@@ -27,7 +28,7 @@ def test_index_stage_builds_measures_and_caches(tmp_path):
     emb = tmp_path / "embed"
     img, txt = fake_embed_stage(emb)
     cfg = small_config(tmp_path, index={"recall_sample": 200, "recall_k": 8})
-    rep = build_index_stage(emb, tmp_path / "index", cfg)
+    rep = index_stage(emb, tmp_path / "index", cfg)
     assert not rep["cached"]
     for name in ("image", "caption"):
         r = rep[name]
@@ -37,9 +38,9 @@ def test_index_stage_builds_measures_and_caches(tmp_path):
     index = load_index(tmp_path / "index", "image")
     _, ids = index.search(img[[3, 500, 1499]], 5)
     assert ids[:, 0].tolist() == [3, 500, 1499]
-    again = build_index_stage(emb, tmp_path / "index", cfg)
+    again = index_stage(emb, tmp_path / "index", cfg)
     assert again["cached"] and again["image"]["index_key"] == rep["image"]["index_key"]
-    other = build_index_stage(emb, tmp_path / "index", small_config(tmp_path, index={"recall_sample": 100}))
+    other = index_stage(emb, tmp_path / "index", small_config(tmp_path, index={"recall_sample": 100}))
     assert not other["cached"] and other["image"]["recall_queries"] == 100
 
 

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from ingest_fixtures import faulty_source, small_config
-from cocu_core.data.download import download_stage
-from cocu_core.embed import embed_stage, load_embeddings
+from cocu_core.stages.download import download_stage
+from cocu_core.stages.embed import embed_stage
+from cocu_core.embeddings.store import load_embeddings
 from cocu_core.encoder.load import encoder_fingerprint, load_encoder, model_config_paths
 from cocu_core.encoder.train import train_toy_encoder
-from cocu_core.index import build_index_stage, load_index
+from cocu_core.stages.index import index_stage
+from cocu_core.index import load_index
 from cocu_core.toyworld import serve_directory, write_url_list
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +36,7 @@ def run_stages(cfg, src, table, world):
     loaded = load_encoder(cfg)
     emb = embed_stage(w / "download", w / "embed", cfg, loaded.clip_model, encoder_fingerprint(cfg),
                       model_config_paths(cfg), progress=False)
-    idx = build_index_stage(w / "embed", w / "index", cfg)
+    idx = index_stage(w / "embed", w / "index", cfg)
     return dl, enc, emb, idx, loaded
 
 

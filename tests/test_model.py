@@ -6,18 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cocu_core.model import (
-    GroupViT,
-    GroupViTConfig,
-    ImageFeatures,
-    ModelConfigError,
-    UnknownModelError,
-    build_model,
-    compose_assignments,
-    create_model,
-    get_config,
-    list_models,
-)
+from cocu_core.model import (GroupViT, GroupViTConfig, ImageFeatures, ModelConfigError, UnknownModelError, build_model,
+                             compose_assignments, create_model, get_config, list_models)
 from cocu_core.model.text import length_buckets, tokenize
 
 torch.set_num_threads(1)

@@ -96,15 +96,20 @@ def test_real_encoder_path_from_a_cc3m_style_list_to_a_voc_score(tmp_path):
     import open_clip
 
     from cocu_core.curation import ArchiveReader
-    from cocu_core.curation_stage import (archive_dir_for, concept_embeddings_stage, curate_shard_stage,
-                                          curation_upstream_fp, load_curation_data, shard_names, vocabulary_stage)
-    from cocu_core.data.download import download_stage
-    from cocu_core.embed import embed_stage, load_embeddings
+    from cocu_core.curation.data import load_curation_data, shard_names
+    from cocu_core.layout import stage_dir
+    from cocu_core.stages.concepts import concepts_stage
+    from cocu_core.stages.curate import curate_shard_stage, curation_upstream_fp
+    from cocu_core.stages.vocabulary import vocabulary_stage
+    from cocu_core.stages.download import download_stage
+    from cocu_core.stages.embed import embed_stage
+    from cocu_core.embeddings.store import load_embeddings
     from cocu_core.encoder.load import clip_model_string, encoder_fingerprint, load_encoder, resolve_weights
-    from cocu_core.evaluation.stage import evaluate_stage
-    from cocu_core.index import build_index_stage, load_index
+    from cocu_core.stages.evaluate import evaluate_stage
+    from cocu_core.stages.index import index_stage
+    from cocu_core.index import load_index
     from cocu_core.toyworld import serve_directory
-    from cocu_core.train.stage import train_stage
+    from cocu_core.stages.train import train_stage
 
     import time
 
@@ -169,20 +174,20 @@ def test_real_encoder_path_from_a_cc3m_style_list_to_a_voc_score(tmp_path):
     assert np.min(np.sum(enc.encode_text(caps) * txt[rows], axis=1)) > 0.99
 
     lap("embedding check")
-    idx = build_index_stage(w / "embed", w / "index", cfg)
+    idx = index_stage(w / "embed", w / "index", cfg)
     assert idx["image"]["vectors"] == N_PAIRS and idx["image"]["recall@8"] >= 0.95
     voc_rep = vocabulary_stage(w / "embed", w / "vocabulary", cfg)
     vocab = pq.read_table(w / "vocabulary" / "vocabulary.parquet").column("concept").to_pylist()
     assert voc_rep["from_captions"] >= 50 and {"dog", "person", "monitor", "table"} <= set(vocab)
     lap("index + vocabulary")
-    concept_emb, _ = concept_embeddings_stage(w / "vocabulary", w / "concept_emb", cfg, enc_id, enc.encode_text)
+    concept_emb, _ = concepts_stage(w / "vocabulary", w / "concept_emb", cfg, enc_id, enc.encode_text)
     data = load_curation_data(w / "embed", w / "vocabulary", concept_emb, cfg.curation.max_ngram)
     image_index = load_index(w / "index", "image", embed_dir=w / "embed")
     upstream = curation_upstream_fp(cfg, enc_id)
-    reps = [curate_shard_stage(data, s, archive_dir_for(cfg), cfg, upstream, enc_id, image_index, None)
+    reps = [curate_shard_stage(data, s, stage_dir(cfg, "curate"), cfg, upstream, enc_id, image_index, None)
             for s in shard_names(data)]
     assert [r["images"] for r in reps] == [100, 100]
-    reader = ArchiveReader(archive_dir_for(cfg))
+    reader = ArchiveReader(stage_dir(cfg, "curate"))
     assert len(reader) == N_PAIRS and np.mean([len(reader.get(k).concepts) for k in keys]) > 3
 
     lap("concepts + curate")

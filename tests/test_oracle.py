@@ -19,13 +19,13 @@ import torch
 from ingest_fixtures import CORRUPT_INDEX, EMPTY_CAPTION_INDEX, MISSING_INDEX, faulty_source, small_config
 from cocu_core.config import ToyWorldConfig
 from cocu_core.curation import ArchiveReader
-from cocu_core.data.download import download_stage
-from cocu_core.evaluation.training_signal import (
-    epoch_plan, format_training_signal, signal_scores, training_signal, training_signal_stage,
-)
+from cocu_core.stages.download import download_stage
+from cocu_core.evaluation.training_signal import epoch_plan, format_training_signal, signal_scores, training_signal
+from cocu_core.stages.semantic_gap import arm_inputs, training_signal_stage
 from cocu_core.toyworld import generate_world, read_pairs, serve_directory, write_url_list
 from cocu_core.toyworld.concepts import BY_NAME
-from cocu_core.toyworld.oracle import OracleError, oracle_archive_stage
+from cocu_core.toyworld.oracle import OracleError
+from cocu_core.stages.curate import oracle_archive
 from cocu_core.train.data import TrainData, TrainDataError
 
 torch.set_num_threads(1)
@@ -64,7 +64,7 @@ def prompt_concept(prompt: str) -> str:
 
 def test_oracle_archive_is_the_ground_truth_of_each_downloaded_image(work):
     cfg = cfg_for(work)
-    out = oracle_archive_stage(cfg)
+    out = oracle_archive(cfg)
     assert sorted(p.name for p in out.glob("archive_*.parquet")) == [f"archive_0000{i}.parquet" for i in range(3)]
     reader = ArchiveReader(out)
     assert reader.variant == "oracle"
@@ -89,12 +89,12 @@ def test_oracle_archive_is_the_ground_truth_of_each_downloaded_image(work):
     m = json.loads((out / "manifest.json").read_text())
     assert m["stage"] == "oracle" and m["counts"]["images"] == N_TRAIN - 3 and m["counts"]["no_ground_truth"] == 0
     stamp = (out / "archive_00000.parquet").stat().st_mtime_ns
-    assert oracle_archive_stage(cfg) == out and (out / "archive_00000.parquet").stat().st_mtime_ns == stamp  # cached
+    assert oracle_archive(cfg) == out and (out / "archive_00000.parquet").stat().st_mtime_ns == stamp  # cached
 
 
 def test_oracle_prompts_are_ground_truth_concepts_drawn_anew_each_epoch(work):
     cfg = cfg_for(work)
-    out = oracle_archive_stage(cfg)
+    out = oracle_archive(cfg)
     reader = ArchiveReader(out)
     data = TrainData(work / "download" / "shards", out, "oracle", 32, cfg.train)
     try:
@@ -120,17 +120,17 @@ def test_oracle_prompts_are_ground_truth_concepts_drawn_anew_each_epoch(work):
 
 def test_no_toy_world_is_refused_clearly(work, tmp_path, capsys):
     from cocu_core.cli import main
-    from cocu_core.train.stage import train_stage
+    from cocu_core.stages.train import train_stage
 
     bare = tmp_path / "bare"
     shutil.copytree(work / "download", bare / "download")
     cfg = cfg_for(bare)
     with pytest.raises(OracleError, match="has no toy world"):
-        oracle_archive_stage(cfg)
+        oracle_archive(cfg)
     with pytest.raises(OracleError, match="exists only for data.source: toyworld"):
         train_stage(cfg, variant="oracle", progress=False, log=lambda m: None)
     with pytest.raises(OracleError, match="has no toy world"):
-        training_signal(cfg, ["baseline"])
+        training_signal(cfg, arm_inputs(cfg, ["baseline"]))
     (tmp_path / "c.yaml").write_text(f"workdir: {bare}\ndata:\n  source: url_list\n  url_list: /nowhere.parquet\n")
     assert main(["train", "-c", str(tmp_path / "c.yaml"), "--variant", "oracle"]) == 2
     err = capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_no_toy_world_is_refused_clearly(work, tmp_path, capsys):
 
 
 def test_train_stage_oracle_runs_and_keys_on_the_oracle_archive(work, tmp_path):
-    from cocu_core.train.stage import train_inputs, train_stage
+    from cocu_core.stages.train import train_inputs, train_stage
 
     w = tmp_path / "w"
     shutil.copytree(work / "toyworld", w / "toyworld")
@@ -193,7 +193,7 @@ def test_training_signal_replays_exactly_what_the_loader_gives(work, tmp_path):
     shutil.copytree(work / "toyworld", w / "toyworld")
     shutil.copytree(work / "download", w / "download")
     cfg = cfg_for(w, epochs=3, max_steps=13)  # 45 samples, 5 steps per epoch: epochs of 5, 5 and 3 steps
-    rows = training_signal(cfg, ["baseline", "oracle"])
+    rows = training_signal(cfg, arm_inputs(cfg, ["baseline", "oracle"]))
     pairs = {r["key"]: r for r in read_pairs(w / "toyworld" / "train").to_pylist()}
     sid = {r["key"]: r["sample_id"] for r in pq.read_table(w / "download" / "samples.parquet").to_pylist()}
     for arm in ("baseline", "oracle"):

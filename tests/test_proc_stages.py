@@ -26,7 +26,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 sys.path.insert(0, {tests!r})
 from ingest_fixtures import small_config
-from cocu_core.data.download import download_stage
+from cocu_core.stages.download import download_stage
 from cocu_core.toyworld import write_url_list
 
 class Slow(SimpleHTTPRequestHandler):
@@ -50,7 +50,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from ingest_fixtures import small_config
-from cocu_core.embed import embed_stage
+from cocu_core.stages.embed import embed_stage
 from cocu_core.encoder.load import encoder_fingerprint, load_encoder, model_config_paths
 
 if __name__ == "__main__":
@@ -92,7 +92,7 @@ def test_sigkill_during_download_leaves_no_process(world_dir, tmp_path):
         procs = _kill_group_when(_start(code, mark), mark,
                                  lambda ps: sum("spawn_main" in c for c in ps.values()) >= 2)
         cmds = " | ".join(procs.values())
-        assert "cocu_core.data._i2d_runner" in cmds and "resource_tracker" in cmds, cmds
+        assert "cocu_core.data._runner" in cmds and "resource_tracker" in cmds, cmds
         assert wait_all_gone(mark) == {}
         assert processes_mentioning(str(tmp_path)) == {}
     finally:
@@ -105,7 +105,7 @@ def downloaded_with_encoder(world_dir, toy_encoder_weights, tmp_path):
     into the run's encoder folder, where the embed stage loads it from)."""
     import shutil
 
-    from cocu_core.data.download import download_stage
+    from cocu_core.stages.download import download_stage
     from cocu_core.toyworld import read_pairs, serve_directory, write_url_list
 
     cfg = small_config(tmp_path / "run", data={"shard_size": 40})
@@ -125,7 +125,7 @@ def test_sigkill_during_embed_leaves_no_process(downloaded_with_encoder, tmp_pat
         procs = _kill_group_when(_start(code, mark), mark,
                                  lambda ps: any("resource_tracker" in c for c in ps.values())
                                  and any("spawn_main" in c for c in ps.values()))
-        assert "cocu_core.embed_runner" in " | ".join(procs.values())
+        assert "cocu_core.embeddings._runner" in " | ".join(procs.values())
         assert wait_all_gone(mark) == {}
         assert processes_mentioning(str(tmp_path)) == {}
         assert not (cfg.workpath / "embed" / "manifest.json").exists()  # it was really interrupted

@@ -15,9 +15,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_scale import CLIP_MODEL, ENCODER_FP, small_run  # noqa: E402
 
-from cocu_core.curation_stage import curate_shard_stage, curation_upstream_fp, load_curation_data  # noqa: E402
-from cocu_core.embed import EmbeddingFileError, embed_stage  # noqa: E402
-from cocu_core.index import IndexMismatchError, build_index_stage, load_index  # noqa: E402
+from cocu_core.stages.curate import curate_shard_stage, curation_upstream_fp  # noqa: E402
+from cocu_core.curation.data import load_curation_data
+from cocu_core.embeddings.store import EmbeddingFileError  # noqa: E402
+from cocu_core.stages.embed import embed_stage
+from cocu_core.index import IndexMismatchError, load_index  # noqa: E402
+from cocu_core.stages.index import index_stage
 
 N, SHARD = 480, 160
 
@@ -80,7 +83,7 @@ def test_truncated_assembled_embeddings_are_refused_by_index_and_curation(good, 
     bad.write_bytes(bad.read_bytes()[:-4096])
     shutil.rmtree(work / "index")
     with pytest.raises(EmbeddingFileError, match=f"{bad} is truncated"):
-        build_index_stage(work / "embed", work / "index", cfg)
+        index_stage(work / "embed", work / "index", cfg)
     assert not list((work / "index").glob("*.index")) and not (work / "index" / "manifest.json").exists()
     shutil.rmtree(work / "curation_inputs", ignore_errors=True)
     with pytest.raises(EmbeddingFileError, match=f"{bad} is truncated"):

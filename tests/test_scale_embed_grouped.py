@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest_fixtures import small_config
-from cocu_core.data.download import download_stage, shard_name
-from cocu_core.embed import embed_stage, part_key_for
+from cocu_core.stages.download import download_stage
+from cocu_core.data.shards import shard_name
+from cocu_core.stages.embed import embed_stage, part_key_for
 from cocu_core.encoder.load import clip_model_string, encoder_fingerprint, model_config_paths, resolve_weights
 from cocu_core.proc import run_module
 from cocu_core.toyworld import read_pairs, serve_directory, write_url_list
@@ -48,7 +49,7 @@ def test_grouped_inference_splits_into_the_same_parts(world_dir, tmp_path):
     spec = {"parts_dir": str(grouped), "shards_dir": str(w / "download" / "shards"), "shards": names,
             "clip_model": clip_model, "part_key": part_key_for(w / "download", enc_id, cfg), "batch_size": 16,
             "num_workers": 0, "model_configs": [str(p) for p in model_configs], "grouped": True}
-    run_module("cocu_core.embed_runner", spec, tmp_path / "spec.json", tmp_path / "grouped.log")
+    run_module("cocu_core.embeddings._runner", spec, tmp_path / "spec.json", tmp_path / "grouped.log")
     assert sorted(p.name for p in grouped.iterdir()) == names  # no staging folder left
     for name in names:
         a, b = w / "embed" / "parts" / name, grouped / name

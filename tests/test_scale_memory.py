@@ -20,9 +20,9 @@ from cocu_core.concepts.corpus import metadata_rows  # noqa: E402
 from cocu_core.concepts.extract import ConceptExtractor  # noqa: E402
 from cocu_core.concepts.vocabulary import count_candidates  # noqa: E402
 from cocu_core.curation import curate  # noqa: E402
-from cocu_core.curation_stage import (curate_shard_stage, curation_upstream_fp, load_curation_data,  # noqa: E402
-                                      shard_names)
-from cocu_core.embed import l2_normalise, load_embeddings  # noqa: E402
+from cocu_core.stages.curate import curate_shard_stage, curation_upstream_fp
+from cocu_core.curation.data import load_curation_data, shard_names
+from cocu_core.embeddings.store import l2_normalise, load_embeddings  # noqa: E402
 from cocu_core.index import load_index  # noqa: E402
 from cocu_core.index.build import exact_search  # noqa: E402
 

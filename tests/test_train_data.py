@@ -17,9 +17,8 @@ from PIL import Image
 from cocu_core.config import CurationConfig, TrainConfig
 from cocu_core.curation import ConceptSampler
 from cocu_core.templates import get_templates
-from cocu_core.train.data import (
-    IMAGENET_MEAN, IMAGENET_STD, TrainBatch, TrainData, TrainDataError, build_transform, index_shards, posterize_compat,
-)
+from cocu_core.train.data import (IMAGENET_MEAN, IMAGENET_STD, TrainBatch, TrainData, TrainDataError, build_transform,
+                                  index_shards, posterize_compat)
 from cocu_core.train.nouns import caption_nouns
 
 torch.set_num_threads(1)

@@ -116,7 +116,7 @@ def test_resume_after_sigkill_repeats_the_same_losses(data, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process(data, tmp_path):
     """torchrun with 2 CPU processes (gloo, global batch norm, gathered losses) against one process."""
-    from cocu_core.train.stage import _launch_torchrun
+    from cocu_core.stages.train import _launch_torchrun
 
     one = make_cfg(tmp_path, epochs=1, model_overrides={**TINY, "gumbel": False})
     run_loop(one, data, tmp_path / "one")
@@ -138,7 +138,7 @@ def test_stage_cache_key_and_bad_inputs(data, tmp_path):
 
     from cocu_core.io import write_manifest
     from cocu_core.train.checkpoint import CheckpointError, load_checkpoint
-    from cocu_core.train.stage import TrainStageError, train_stage
+    from cocu_core.stages.train import TrainStageError, train_stage
 
     work = tmp_path / "w"
     cfg = make_cfg(work, epochs=1)
@@ -158,7 +158,7 @@ def test_stage_cache_key_and_bad_inputs(data, tmp_path):
                        progress=False, log=lambda m: None)["cached"]  # runtime field: no retraining
     # the registered architecture is part of the key: a changed registry entry (new code) retrains
     from cocu_core.model import registry
-    from cocu_core.train.stage import train_fields
+    from cocu_core.stages.train import train_fields
 
     original = registry._REGISTRY["groupvit-toy"]
     try:

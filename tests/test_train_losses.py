@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cocu_core.train.losses import (
-    MAX_LOGIT_SCALE, gather_with_grad, image_text_loss, multi_label_loss, scale_from_param, total_loss,
-)
+from cocu_core.train.losses import (MAX_LOGIT_SCALE, gather_with_grad, image_text_loss, multi_label_loss,
+                                    scale_from_param, total_loss)
 
 torch.set_num_threads(1)
 

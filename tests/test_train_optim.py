@@ -11,9 +11,8 @@ import torch  # noqa: E402
 from timm.scheduler.cosine_lr import CosineLRScheduler  # noqa: E402
 
 from cocu_core.config import TrainConfig  # noqa: E402
-from cocu_core.train.optim import (  # noqa: E402
-    LRSchedule, build_optimizer, build_schedule, no_decay_names, param_groups, scaled_lrs,
-)
+from cocu_core.train.optim import (LRSchedule, build_optimizer, build_schedule, no_decay_names, param_groups,  # noqa: E402
+                                   scaled_lrs)
 
 torch.set_num_threads(1)
 

@@ -4,9 +4,8 @@ Public API: ``curate`` / ``curate_batches`` (production, batched), ``reference_c
 per-image oracle), ``write_archive`` / ``ArchiveReader`` (on-disk archive), ``ConceptSampler``.
 """
 
-from cocu_core.curation.archive import (
-    ARCHIVE_SCHEMA, ARCHIVE_VERSION, ArchiveEntry, ArchiveError, ArchiveReader, archive_metadata, write_archive,
-)
+from cocu_core.curation.archive import (ARCHIVE_SCHEMA, ARCHIVE_VERSION, ArchiveEntry, ArchiveError, ArchiveReader,
+                                        archive_metadata, write_archive)
 from cocu_core.curation.curate import curate, curate_batches
 from cocu_core.curation.errors import CurationInputError
 from cocu_core.curation.reference import reference_curate

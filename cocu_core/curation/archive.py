@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cocu_core import __version__
 from cocu_core.config import CurationConfig
 from cocu_core.io import parquet_metadata, parquet_schema_version, write_parquet_atomic
 
@@ -44,8 +45,6 @@ ALGORITHM_VERSION = 3  # bump when the same inputs and settings curate different
 
 def archive_metadata(cfg: CurationConfig, encoder_id: str, vocabulary_fingerprint: str = "") -> dict[str, Any]:
     """Why: an archive says which encoder, vocabulary, curation settings and code produced it."""
-    from cocu_core import __version__
-
     return {
         "code_version": f"{__version__}+curation{ALGORITHM_VERSION}",
         "encoder": encoder_id,

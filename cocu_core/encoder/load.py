@@ -12,20 +12,21 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from cocu_core.config import ConfigError, PipelineConfig
+from cocu_core.compat import ensure_torchvision
+from cocu_core.config import ConfigError, PipelineConfig, fingerprint
 from cocu_core.encoder.toy_model import TOY_MODEL, register_toy_model
+from cocu_core.io import read_manifest
+from cocu_core.layout import stage_dir
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def encoder_dir(cfg: PipelineConfig) -> Path:
     """Why: the encoder stage and its readers agree on one folder under the workdir."""
-    return cfg.workpath / "encoder"
+    return stage_dir(cfg, "encoder")
 
 
 def _open_clip():
-    from cocu_core.compat import ensure_torchvision
-
     ensure_torchvision()
     import open_clip
 
@@ -178,14 +179,10 @@ def load_encoder(cfg: PipelineConfig, workdir: Optional[str | Path] = None, devi
 def encoder_fingerprint(cfg: PipelineConfig, workdir: Optional[str | Path] = None) -> str:
     """Why: downstream caches key on the weights: our training manifest's key, else file identity (path, size, mtime)."""
     arch, ckpt = resolve_weights(cfg, workdir)
-    from cocu_core.io import read_manifest
-
     m = read_manifest(ckpt.parent)
     if m and m.get("stage") == "encoder" and Path(m.get("checkpoint", "")) == ckpt:
         return m["cache_key"]
     st = ckpt.stat()
-    from cocu_core.config import fingerprint
-
     return fingerprint({"arch": arch, "path": str(ckpt), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
 

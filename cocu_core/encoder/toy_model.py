@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cocu_core.compat import ensure_torchvision
 from cocu_core.config import EncoderConfig
 from cocu_core.io import write_json_atomic
 
@@ -56,8 +57,6 @@ def toy_model_config(enc: EncoderConfig, image_size: int) -> dict[str, Any]:
 
 def register_toy_model(enc: EncoderConfig, image_size: int, folder: str | Path) -> Path:
     """Why: open_clip names a model after its JSON file; write `cocu-tiny.json` and register it."""
-    from cocu_core.compat import ensure_torchvision
-
     ensure_torchvision()
     import open_clip
 

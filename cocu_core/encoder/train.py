@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from cocu_core.compat import ensure_torchvision
 from cocu_core.config import PipelineConfig, fingerprint
 from cocu_core.encoder.report import retrieval_recall
 from cocu_core.encoder.toy_model import TOY_MODEL, register_toy_model
@@ -128,6 +129,11 @@ def recalibrate_batchnorm(model, images, batch_size: int, max_images: int = 4096
     return len(bns)
 
 
+def data_key(web_dir: str | Path) -> str:
+    """Why: the toy encoder's inputs key (its web split and the trainer's version), shared with `cocu status`."""
+    return fingerprint({"web": web_fingerprint(web_dir), "trainer": TRAINER_VERSION})
+
+
 def train_toy_encoder(
     cfg: PipelineConfig,
     web_dir: str | Path,
@@ -138,13 +144,11 @@ def train_toy_encoder(
     """Why: train once per (web data, encoder config); a rerun with both unchanged returns the manifest."""
     out = Path(out_dir)
     fields = cfg.fields_for(ENCODER_FIELDS)
-    data_fp = fingerprint({"web": web_fingerprint(web_dir), "trainer": TRAINER_VERSION})
+    data_fp = data_key(web_dir)
     if stage_is_current(out, data_fp, fields) and (out / CHECKPOINT).is_file():
         m = read_json(out / "manifest.json")
         m["cached"] = True
         return m
-
-    from cocu_core.compat import ensure_torchvision
 
     ensure_torchvision()
     import open_clip

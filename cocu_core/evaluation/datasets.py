@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from cocu_core.evaluation.pictures import voc_palette
+from cocu_core.toyworld.concepts import BY_NAME
 
 IGNORE_INDEX = 255
 IMAGENET_S_IGNORE = 1000  # ImageNet-S's own "ignored part" value
@@ -837,8 +838,6 @@ class ToyClassification:
     (stuff covers most of every image and would make the label ambiguous)."""
 
     def __init__(self, root: str | Path) -> None:
-        from cocu_core.toyworld.concepts import BY_NAME
-
         seg = ToyDataset(root)
         src = seg.source_class_names
         thing_ids = [i for i, n in enumerate(src) if n in BY_NAME and BY_NAME[n].kind == "thing"]

@@ -7,9 +7,17 @@ reported on the *missing* concepts (present in the image, not named by its capti
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cocu_core.config import PipelineConfig
+from cocu_core.curation.data import CurationData
+from cocu_core.toyworld.concepts import LEMMA_TO_CONCEPT
+from cocu_core.toyworld.generate import toy_ground_truth
 
 
 def topk_classes(ranked: Sequence[str], k: int, to_class: Callable[[str], Optional[str]]) -> list[Optional[str]]:
@@ -67,3 +75,69 @@ def format_gap_report(rows: dict[str, dict[str, float]], k: int = 3) -> str:
 def mean_or_nan(values: Sequence[float]) -> float:
     """Why: tiny helper so reports never divide by zero."""
     return float(np.mean(values)) if len(values) else float("nan")
+
+
+def ranked_concepts(table: pa.Table, ranking: str) -> list[list[str]]:
+    """Why: reorder each archive by naive or T2V score so one curation run scores both rankings."""
+    col = "t2v_scores" if ranking == "t2v" else "naive_scores"
+    out = []
+    for names, scores, ids in zip(table.column("concepts").to_pylist(), table.column(col).to_pylist(),
+                                  table.column("concept_ids").to_pylist()):
+        order = sorted(range(len(names)), key=lambda i: (-scores[i], ids[i]))
+        out.append([names[i] for i in order])
+    return out
+
+
+GAP_METHODS: tuple[tuple[str, str, str], ...] = (
+    ("caption only", "baseline", "naive"),
+    ("language-driven + naive", "v1", "naive"),
+    ("language-driven + T2V", "v1", "t2v"),
+    ("vision-driven + naive", "v2", "naive"),
+    ("vision-driven + T2V", "v2", "t2v"),
+)
+
+
+def semantic_gap_report(data: CurationData, cfg: PipelineConfig, ground_truth: dict[str, list[str]],
+                        named: dict[str, list[str]], image_index=None, caption_index=None,
+                        k: int = 3, to_class: Optional[Callable[[str], Optional[str]]] = None) -> dict[str, dict]:
+    """Why: P/R of the top-k archive concepts vs ground truth for each expansion x ranking method."""
+    from cocu_core.curation import curate  # torch (the batched k-means)
+
+    to_class = to_class or LEMMA_TO_CONCEPT.get
+    rows = np.flatnonzero(np.array([s in ground_truth for s in data.sample_ids]))
+    gt = [ground_truth[data.sample_ids[i]] for i in rows]
+    cap = [named[data.sample_ids[i]] for i in rows]
+    tables: dict[str, pa.Table] = {}
+    out: dict[str, dict] = {}
+    for name, variant, ranking in GAP_METHODS:
+        if variant not in tables:
+            ccfg = cfg.curation.model_copy(update={"variant": variant})
+            tables[variant] = curate(data.keys, data.captions, (data.offsets, data.ids), data.img_emb, data.cap_emb,
+                                     data.concept_emb, ccfg, image_index, caption_index,
+                                     concept_names=data.concepts, query_rows=rows)
+        out[name] = gap_scores(ranked_concepts(tables[variant], ranking), gt, cap, to_class, k)
+    return out
+
+
+def examples_markdown(archive_dir: Path, toy_split_dir: Path, data: CurationData, n: int = 6,
+                      top: int = 5) -> str:
+    """Why: a few toy images with caption, ground truth and top curated concepts, for the Prefect UI."""
+    import base64
+
+    gt, _ = toy_ground_truth(toy_split_dir)
+    files = dict(zip(*[pq.read_table(toy_split_dir / "pairs.parquet", columns=["key", "file"]).column(c).to_pylist()
+                       for c in ("key", "file")]))
+    archives = sorted(archive_dir.glob("archive_*.parquet"))
+    if not archives:
+        return "_no archives_"
+    table = pq.read_table(archives[0]).slice(0, n)
+    key_to_sid = dict(zip(data.keys, data.sample_ids))
+    lines = ["| image | caption | ground truth | top curated concepts |", "|---|---|---|---|"]
+    for r in table.to_pylist():
+        sid = key_to_sid.get(r["key"], r["key"])
+        img = ""
+        if sid in files and (toy_split_dir / files[sid]).is_file():
+            b64 = base64.b64encode((toy_split_dir / files[sid]).read_bytes()).decode()
+            img = f"![{sid}](data:image/jpeg;base64,{b64})"
+        lines.append(f"| {img} | {r['caption']} | {', '.join(gt.get(sid, []))} | {', '.join(r['concepts'][:top])} |")
+    return "\n".join(lines)

@@ -21,20 +21,19 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from cocu_core.config import PipelineConfig, fingerprint
-from cocu_core.io import read_json, stage_is_current, write_bytes_atomic, write_json_atomic, write_manifest
+from cocu_core.config import TRAIN_VARIANTS, PipelineConfig
+from cocu_core.layout import stage_dir, toy_split
+from cocu_core.toyworld.concepts import LEMMA_TO_CONCEPT
+from cocu_core.toyworld.generate import toy_ground_truth
+from cocu_core.toyworld.oracle import download_key, download_sample_ids, toy_world_fingerprint
 
-SIGNAL_VERSION = 1  # bump when the same inputs and settings score differently
-SIGNAL_FIELDS = ["train.epochs", "train.batch_size", "train.k_prompts", "train.seed", "train.max_steps"]
-ARMS = ("baseline", "v1", "v2", "v3", "cocu", "topk-release", "oracle")
+ARMS = TRAIN_VARIANTS  # every training variant is an arm
 
 
 def lemma_class(concept: str) -> Optional[str]:
     """Why: archive lemmas, caption nouns and oracle class names all score against the same toy classes."""
-    from cocu_core.toyworld.concepts import LEMMA_TO_CONCEPT
-
     return LEMMA_TO_CONCEPT.get(concept.strip().lower())
 
 
@@ -95,35 +94,28 @@ def replay_draws(data, plan: Sequence[tuple[int, int]]) -> list[Optional[list[st
 
 def _ground_truth(cfg: PipelineConfig) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
     """Why: ground truth and caption classes by toy sample id, and download key -> sample id."""
-    from cocu_core.curation_stage import toy_ground_truth
-    from cocu_core.toyworld.oracle import download_key, download_sample_ids, toy_world_fingerprint
-
     toy_world_fingerprint(cfg)  # refuses clearly without a toy world
     download_key(cfg)
-    gt, named = toy_ground_truth(cfg.workpath / "toyworld" / "train")
-    s = download_sample_ids(cfg.workpath / "download")
+    gt, named = toy_ground_truth(toy_split(cfg, "train"))
+    s = download_sample_ids(stage_dir(cfg, "download"))
     return gt, named, dict(zip(s.column("key").to_pylist(), s.column("sample_id").to_pylist()))
 
 
-def arm_data(cfg: PipelineConfig, arm: str, index_dir: Optional[Path] = None):
+def arm_data(cfg: PipelineConfig, arm: str, shards: Path, archive: Optional[Path], index_dir: Optional[Path] = None):
     """Why: the arm's TrainData exactly as its training opens it (same shards, archive, join and seeds), minus
-    the image transform, which plays no part in the prompts."""
-    from cocu_core.train.data import TrainData
-    from cocu_core.train.stage import train_inputs
+    the image transform, which plays no part in the prompts; the caller resolves the arm's shards and archive."""
+    from cocu_core.train.data import TrainData  # torch
 
-    if arm == "oracle":
-        from cocu_core.toyworld.oracle import oracle_archive_stage
-
-        oracle_archive_stage(cfg)
-    shards, archive, _ = train_inputs(cfg, arm)
     return TrainData(shards, archive, arm, 8, cfg.train.model_copy(update={"augment": "none", "num_workers": 0}),
                      index_dir=index_dir)
 
 
-def training_signal(cfg: PipelineConfig, arms: Sequence[str],
+def training_signal(cfg: PipelineConfig, arm_inputs: Mapping[str, tuple[Path, Optional[Path]]],
                     log: Optional[Callable[[str], None]] = None) -> dict[str, dict[str, Any]]:
     """Why: per arm, the ground-truth coverage and wrong-prompt fraction of its prompts over all of `cfg.train`'s
-    epochs (pass the config each arm trains with: its epochs, seed, batch size, K and max_steps)."""
+    epochs (pass the config each arm trains with: its epochs, seed, batch size, K and max_steps); `arm_inputs`:
+    each arm's (shards, archive folder), as its training reads them (`stages.semantic_gap.arm_inputs`)."""
+    arms = list(arm_inputs)
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"unknown arm(s) {bad}; choose from {list(ARMS)}")
@@ -131,7 +123,7 @@ def training_signal(cfg: PipelineConfig, arms: Sequence[str],
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cocu-signal-") as tmp:  # the shards' tar index, read once for all arms
         for arm in arms:
-            out[arm] = _arm_signal(cfg, arm, gt, named, sid, Path(tmp))
+            out[arm] = _arm_signal(cfg, arm, arm_inputs[arm], gt, named, sid, Path(tmp))
             if log:
                 r = out[arm]
                 log(f"training signal {arm}: GT coverage {r['gt_coverage']:.3f}, wrong prompts "
@@ -139,10 +131,10 @@ def training_signal(cfg: PipelineConfig, arms: Sequence[str],
     return out
 
 
-def _arm_signal(cfg: PipelineConfig, arm: str, gt: dict[str, list[str]], named: dict[str, list[str]],
-                sid: dict[str, str], index_dir: Path) -> dict[str, Any]:
+def _arm_signal(cfg: PipelineConfig, arm: str, inputs: tuple[Path, Optional[Path]], gt: dict[str, list[str]],
+                named: dict[str, list[str]], sid: dict[str, str], index_dir: Path) -> dict[str, Any]:
     """Why: one arm's row: replay its draws, keep the images with ground truth that training saw, score them."""
-    data = arm_data(cfg, arm, index_dir)
+    data = arm_data(cfg, arm, inputs[0], inputs[1], index_dir)
     try:
         plan = epoch_plan(cfg.train.epochs, data.steps_per_epoch, cfg.train.max_steps)
         drawn = replay_draws(data, plan)
@@ -172,45 +164,3 @@ def format_training_signal(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join([head, *body]) + note
 
 
-def available_arms(cfg: PipelineConfig) -> list[str]:
-    """Why: the arms whose training inputs exist now (the oracle wherever the toy world was downloaded)."""
-    from cocu_core.toyworld.oracle import download_key, toy_world_fingerprint
-    from cocu_core.train.stage import train_inputs
-
-    out = []
-    for arm in ARMS:
-        try:
-            if arm == "oracle":
-                toy_world_fingerprint(cfg)
-                download_key(cfg)
-            else:
-                train_inputs(cfg, arm)
-        except FileNotFoundError:
-            continue
-        out.append(arm)
-    return out
-
-
-def training_signal_stage(cfg: PipelineConfig, out_dir: Optional[Path] = None,
-                          arms: Optional[Sequence[str]] = None) -> tuple[dict[str, dict[str, Any]], bool]:
-    """Why: the semantic-gap report's training-signal table, cached on the arms' training inputs and the
-    training fields it replays (default folder `<workdir>/reports/semantic_gap/training_signal`)."""
-    from cocu_core.toyworld.oracle import oracle_archive_stage, toy_world_fingerprint
-    from cocu_core.train.stage import train_inputs
-
-    out = Path(out_dir) if out_dir else cfg.workpath / "reports" / "semantic_gap" / "training_signal"
-    arms = list(arms) if arms is not None else available_arms(cfg)
-    if not arms:  # nothing trainable yet (no download): nothing to replay
-        return {}, False
-    if "oracle" in arms:
-        oracle_archive_stage(cfg)
-    inputs = fingerprint({"arms": {a: train_inputs(cfg, a)[2] for a in arms}, "toyworld": toy_world_fingerprint(cfg),
-                          "version": SIGNAL_VERSION})
-    fields = cfg.fields_for(SIGNAL_FIELDS)
-    if stage_is_current(out, inputs, fields):
-        return read_json(out / "training_signal.json")["arms"], True
-    rows = training_signal(cfg, arms)
-    write_json_atomic(out / "training_signal.json", {"arms": rows})
-    write_bytes_atomic(out / "training_signal.md", (format_training_signal(rows) + "\n").encode())
-    write_manifest(out, "training_signal", inputs, fields, {"arms": len(rows)}, {"arm_names": list(rows)})
-    return rows, False

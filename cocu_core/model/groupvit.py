@@ -1,4 +1,4 @@
-"""The two-tower GroupViT (GV ``models/multi_label_contrastive.py``), its config dataclass and named configs.
+"""The two-tower GroupViT (GV ``models/multi_label_contrastive.py``) and its config dataclass.
 
 Image and text towers, each followed by a projection head Linear -> BatchNorm1d -> ReLU -> Linear into the
 joint space, and two learnable temperatures (image-text and multi-label), both initialised at log(1/0.07)
@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cocu_core.model.layers import ACTIVATIONS
-from cocu_core.model.registry import register_model
 from cocu_core.model.text import TextTransformer, tokenize
 from cocu_core.model.vision import AssignAttention, VisionTransformer
 
@@ -248,30 +247,3 @@ class GroupViT(nn.Module):
             raise ValueError(f"images of {tuple(images.shape[2:])} px are smaller than one {c.patch_size} px patch")
 
 
-@register_model("groupvit-s")
-def groupvit_s() -> GroupViTConfig:
-    """Why: the paper's GroupViT-S (GV configs/group_vit_gcc_yfcc_30e.yml)."""
-    return GroupViTConfig(name="groupvit-s")
-
-
-@register_model("groupvit-toy")
-def groupvit_toy() -> GroupViTConfig:
-    """Why: a GroupViT for 64x64 toy images that trains on 2 CPU cores (same structure, small widths).
-
-    Gumbel noise is off (GV's ``gumbel=False``: plain straight-through argmax in train mode too). At the toy
-    budget (230 steps) the assignment logits' top-1/top-2 margin stays near 0.04 while Gumbel differences
-    spread ~1.8, so every training assignment is random and the groups never specialise (benchmarks/RESULTS.md,
-    "grouping collapse"); GV's 30 epochs on millions of pairs give the logits time to outgrow the noise.
-    """
-    return GroupViTConfig(
-        name="groupvit-toy", image_size=64, patch_size=8, vision_width=128, vision_heads=4, depths=(2, 1, 1),
-        num_group_tokens=(16, 8, 0), num_output_groups=(16, 8), drop_path_rate=0.0, gumbel=False,
-        context_length=32, text_width=128, text_layers=2, text_heads=2, proj_hidden=512, embed_dim=128,
-    )
-
-
-def build_model(config: GroupViTConfig | dict[str, Any]) -> GroupViT:
-    """Why: rebuild a model from a checkpoint's config dict (or a config)."""
-    if isinstance(config, dict):
-        config = GroupViTConfig.from_dict(config)
-    return GroupViT(config)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from cocu_core.compat import ensure_torchvision
 from cocu_core.io import write_bytes_atomic, write_json_atomic
 from cocu_core.model.groupvit import GroupViT, GroupViTConfig, ModelConfigError
 from cocu_core.model.layers import ACTIVATIONS
@@ -159,8 +160,6 @@ def _act(name: Any, what: str) -> str:
 def _hf_config_object(hf_config: Any):
     """Why: a dict (config.json) becomes transformers' GroupViTConfig, which supplies HF's defaults."""
     if isinstance(hf_config, dict):
-        from cocu_core.compat import ensure_torchvision
-
         ensure_torchvision()
         from transformers import GroupViTConfig as HFConfig
 
@@ -240,8 +239,6 @@ def hf_config_dict(config: GroupViTConfig, multi_label_logit_scale: Optional[flo
                                   f"num_group_tokens[{i - 1}] where a group projector exists")
     if not c.qkv_bias:
         raise HFGroupViTError(f"cannot export {c.name!r}: HF GroupViT always has q/k/v biases (qkv_bias=False)")
-    from cocu_core.compat import ensure_torchvision
-
     ensure_torchvision()
     from transformers import GroupViTConfig as HFConfig
 

@@ -1,25 +1,24 @@
-"""Named GroupViT configs, registered the way timm/open_clip register architectures.
+"""The model registry alone (timm's `_registry.py`): a name -> config-factory dict, its decorator and the names.
 
-A registered entry is a function returning a ``GroupViTConfig``; ``create_model(name, **overrides)`` builds it.
+It imports no model, so `configs.py` (the registered configs) and `factory.py` (building them) can both import
+it without a cycle; a registered entry is a function returning a ``GroupViTConfig``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    from cocu_core.model.groupvit import GroupViT, GroupViTConfig
-
-_REGISTRY: dict[str, Callable[[], "GroupViTConfig"]] = {}
+ConfigFactory = Callable[[], Any]  # returns a GroupViTConfig
+_REGISTRY: dict[str, ConfigFactory] = {}
 
 
 class UnknownModelError(ValueError):
     """A model name that is not registered; the message lists the registered ones."""
 
 
-def register_model(name: str) -> Callable[[Callable[[], "GroupViTConfig"]], Callable[[], "GroupViTConfig"]]:
+def register_model(name: str) -> Callable[[ConfigFactory], ConfigFactory]:
     """Why: decorator adding a config factory under `name` (a second registration of a name is refused)."""
-    def deco(fn: Callable[[], "GroupViTConfig"]) -> Callable[[], "GroupViTConfig"]:
+    def deco(fn: ConfigFactory) -> ConfigFactory:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = fn
@@ -32,15 +31,8 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_config(name: str, /, **overrides: Any) -> "GroupViTConfig":
-    """Why: a registered config with overrides applied, without building the model."""
+def registered(name: str) -> ConfigFactory:
+    """Why: the factory of one name, or one line listing the registered names."""
     if name not in _REGISTRY:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {list_models()}")
-    return _REGISTRY[name]().replace(**overrides)
-
-
-def create_model(name: str, /, **overrides: Any) -> "GroupViT":
-    """Why: build a registered GroupViT, e.g. create_model("groupvit-toy", drop_path_rate=0.1)."""
-    from cocu_core.model.groupvit import GroupViT
-
-    return GroupViT(get_config(name, **overrides))
+    return _REGISTRY[name]

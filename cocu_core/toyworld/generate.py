@@ -264,3 +264,11 @@ def generate_world(
 def read_pairs(split_dir: str | Path) -> pa.Table:
     """Why: one reader for a split's pairs table."""
     return pq.read_table(Path(split_dir) / "pairs.parquet")
+
+
+
+def toy_ground_truth(toy_split_dir: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Why: the toy world's per-image concepts and the concepts its caption names, by sample id."""
+    t = pq.read_table(toy_split_dir / "pairs.parquet", columns=["key", "concepts", "named"])
+    keys = t.column("key").to_pylist()
+    return dict(zip(keys, t.column("concepts").to_pylist())), dict(zip(keys, t.column("named").to_pylist()))

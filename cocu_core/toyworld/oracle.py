@@ -1,4 +1,5 @@
-"""The oracle arm's concept archive: each downloaded toy image's ground-truth concepts, in the curation format.
+"""The oracle arm's concept archive (as a table): each downloaded toy image's ground-truth concepts, in the curation
+format; `stages/curate.py:oracle_archive` writes it.
 
 ``<workdir>/curate/oracle/archive_NNNNN.parquet`` (one per download shard, readable by
 :class:`~cocu_core.curation.archive.ArchiveReader`, archive variant ``oracle``) holds, per successfully
@@ -12,7 +13,6 @@ world's fingerprint and the download stage's cache key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,25 +20,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cocu_core.config import PipelineConfig, fingerprint
-from cocu_core.io import read_json, read_manifest, stage_is_current, write_manifest
+from cocu_core.errors import CocuError
+from cocu_core.io import read_json, read_manifest
+from cocu_core.layout import stage_dir, toy_split
+from cocu_core.toyworld.concepts import BY_NAME, CONCEPTS
 
 ORACLE_VERSION = 1  # bump when the same world and download give a different archive
 ORACLE_VARIANT = "oracle"
 
 
-class OracleError(FileNotFoundError):
+class OracleError(FileNotFoundError, CocuError):
     """The oracle archive cannot be built here: no toy world, or no finished download of its train split."""
-
-
-def oracle_dir(cfg: PipelineConfig) -> Path:
-    """Why: the oracle archive sits beside the curated variants' archives, where training looks for archives."""
-    return cfg.workpath / "curate" / ORACLE_VARIANT
 
 
 def toy_world_fingerprint(cfg: PipelineConfig) -> str:
     """Why: ground truth exists only where the toy world was generated; refuse clearly everywhere else."""
-    world = cfg.workpath / "toyworld" / "world.json"
-    pairs = cfg.workpath / "toyworld" / "train" / "pairs.parquet"
+    world = stage_dir(cfg, "toyworld") / "world.json"
+    pairs = toy_split(cfg, "train") / "pairs.parquet"
     if not world.is_file() or not pairs.is_file():
         src = "" if cfg.data.source == "toyworld" else f" (data.source is {cfg.data.source!r})"
         raise OracleError(f"the oracle needs the toy world's ground truth, but {cfg.workpath} has no toy world"
@@ -49,9 +47,10 @@ def toy_world_fingerprint(cfg: PipelineConfig) -> str:
 
 def download_key(cfg: PipelineConfig) -> str:
     """Why: the oracle's rows are the downloaded samples; a finished download stage is required."""
-    m = read_manifest(cfg.workpath / "download")
-    if not m or not (cfg.workpath / "download" / "samples.parquet").is_file():
-        raise OracleError(f"no finished download stage in {cfg.workpath / 'download'}; run the download stage "
+    download = stage_dir(cfg, "download")
+    m = read_manifest(download)
+    if not m or not (download / "samples.parquet").is_file():
+        raise OracleError(f"no finished download stage in {download}; run the download stage "
                           "first (cocu run)")
     return str(m["cache_key"])
 
@@ -71,8 +70,6 @@ def download_sample_ids(download_dir: Path) -> pa.Table:
 
 def _class_ids(lists: pa.ChunkedArray | pa.Array, ids: dict[str, int]) -> pa.ListArray:
     """Why: a list column of toy class names as sorted class ids (unknown names are a generator bug: refused)."""
-    from cocu_core.toyworld.concepts import BY_NAME
-
     arr = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
     arr = pc.fill_null(arr, pa.scalar([], arr.type)) if arr.null_count else arr
     flat = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
@@ -89,7 +86,6 @@ def _class_ids(lists: pa.ChunkedArray | pa.Array, ids: dict[str, int]) -> pa.Lis
 def oracle_table(samples: pa.Table, pairs: pa.Table) -> pa.Table:
     """Why: one archive row per downloaded sample with ground truth, sorted by (shard, key); the shard column kept."""
     from cocu_core.curation.archive import ARCHIVE_SCHEMA
-    from cocu_core.toyworld.concepts import CONCEPTS
 
     row = pc.index_in(samples.column("sample_id"), value_set=pairs.column("key"))
     found = pc.is_valid(row)
@@ -112,38 +108,3 @@ def oracle_table(samples: pa.Table, pairs: pa.Table) -> pa.Table:
     return pa.table({**cols, "shard": t.column("shard")})
 
 
-def oracle_archive_stage(cfg: PipelineConfig) -> Path:
-    """Why: the oracle arm trains on ground truth through the same archive reader as every curated variant;
-    cached on (toy world, download) and written atomically, manifest last."""
-    from cocu_core import __version__
-    from cocu_core.curation.archive import ALGORITHM_VERSION, archive_files, write_archive
-
-    out = oracle_dir(cfg)
-    inputs = oracle_inputs_fp(cfg)
-    if stage_is_current(out, inputs, {}):
-        return out
-    (out / "manifest.json").unlink(missing_ok=True)
-    samples = download_sample_ids(cfg.workpath / "download")
-    pairs = pq.read_table(cfg.workpath / "toyworld" / "train" / "pairs.parquet", columns=["key", "concepts", "named"])
-    table = oracle_table(samples, pairs)
-    if table.num_rows == 0:
-        raise OracleError(f"none of the {samples.num_rows} downloaded samples in {cfg.workpath / 'download'} "
-                          f"(e.g. sample ids {samples.column('sample_id').slice(0, 3).to_pylist()}) is a pair of the "
-                          f"toy world's train split: the download is not of this toy world")
-    meta: dict[str, Any] = {"code_version": f"{__version__}+curation{ALGORITHM_VERSION}+oracle{ORACLE_VERSION}",
-                            "encoder": "", "vocabulary": "toy classes", "variant": ORACLE_VARIANT,
-                            "config": {"source": "toy world ground truth", "toyworld": toy_world_fingerprint(cfg)}}
-    shard_col = table.column("shard")
-    shards = pc.unique(shard_col).to_pylist()
-    for shard in shards:
-        part = table.filter(pc.equal(shard_col, shard)).drop_columns(["shard"])
-        write_archive(out / f"archive_{shard}.parquet", part, meta)
-    keep = {f"archive_{s}.parquet" for s in shards}
-    for stale in archive_files(out):
-        if stale.name not in keep:
-            stale.unlink()
-    sizes = pc.list_value_length(table.column("concepts")).to_numpy(zero_copy_only=False)
-    counts = {"images": table.num_rows, "shards": len(shards), "downloaded": samples.num_rows,
-              "no_ground_truth": samples.num_rows - table.num_rows, "mean_archive_size": round(float(sizes.mean()), 3)}
-    write_manifest(out, "oracle", inputs, {}, counts, {"variant": ORACLE_VARIANT})
-    return out

@@ -45,8 +45,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+import cocu_core.compat
 from cocu_core.config import TRAIN_VARIANTS, CurationConfig, TrainConfig
 from cocu_core.io import parquet_metadata, parquet_schema_version, write_parquet_atomic
+from cocu_core.templates import get_templates
+from cocu_core.train.nouns import caption_nouns
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 ARCHIVE_VARIANTS = ("v1", "v2", "v3", "cocu")
@@ -176,8 +179,6 @@ def index_shards(shards_dir: str | Path, index_dir: Optional[str | Path] = None)
 
 def build_transform(augment: str, image_size: int, cfg: TrainConfig):
     """Why: GV's DeiT training transform, or a lighter one, mapping a PIL image to a normalised tensor."""
-    import cocu_core.compat
-
     cocu_core.compat.ensure_torchvision()
     from torchvision import transforms as T
 
@@ -231,8 +232,6 @@ class PromptMaker:
         """Why: what an image's prompts are drawn from (caption nouns for baseline, else its archive concepts);
         fixed per image, so a report over many epochs computes it once."""
         if self.variant == "baseline":
-            from cocu_core.train.nouns import caption_nouns
-
             return caption_nouns(caption)
         return list(entry.concepts) if entry is not None else []
 
@@ -469,8 +468,6 @@ class TrainData:
         if self.steps_per_epoch == 0:
             raise TrainDataError(f"{self.n_samples} usable samples in {shards_dir}, fewer than one global batch of "
                                  f"{self.global_batch} (train.batch_size)")
-        from cocu_core.templates import get_templates
-
         prompts = PromptMaker(variant, cfg.k_prompts, get_templates(cfg.templates), sampler)
         rngs = {"deit": "all", "crop_flip": "torch", "none": "none"}[cfg.augment]  # generators each transform draws from
         self._samples = _Samples(index, archive, prompts, build_transform(cfg.augment, image_size, cfg), cfg.seed, rngs)

@@ -19,8 +19,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from cocu_core.config import PipelineConfig
-from cocu_core.io import write_bytes_atomic, write_json_atomic
+from cocu_core.config import PipelineConfig, config_from_dict
+from cocu_core.io import read_json, write_bytes_atomic, write_json_atomic
+from cocu_core.plot import save_line_plot
 from cocu_core.train import checkpoint as ckpt
 from cocu_core.train.distributed import DistEnv, all_mean, barrier, broadcast_object, init_distributed
 
@@ -54,8 +55,6 @@ def autocast_for(device: torch.device, precision: str):
 
 def write_curve(out_dir: Path, rows: list[dict[str, Any]], title: str) -> None:
     """Why: the loss curve as CSV (for tools) and PNG (for people and the Prefect UI)."""
-    from cocu_core.plot import save_line_plot
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, extrasaction="ignore")
     w.writeheader()
@@ -219,9 +218,7 @@ def train_loop(cfg: PipelineConfig, shards_dir: Path, archive_dir: Optional[Path
 
 
 def worker_main(spec_path: str) -> None:
-    """Why: the entry torchrun starts in every process (`python -m cocu_core.train.worker spec.json`)."""
-    from cocu_core.config import config_from_dict
-    from cocu_core.io import read_json
+    """Why: the entry torchrun starts in every process (`python -m cocu_core.train._runner spec.json`)."""
     from cocu_core.train.distributed import shutdown
 
     spec = read_json(spec_path)

@@ -1,4 +1,4 @@
-"""`python -m cocu_core.train.worker SPEC.json`: the process torchrun starts on every rank."""
+"""`python -m cocu_core.train._runner SPEC.json`: the process torchrun starts on every rank."""
 
 import sys
 

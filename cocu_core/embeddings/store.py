@@ -1,43 +1,22 @@
-"""Embedding stage: clip-retrieval inference over the download shards, one shard at a time, resumable.
+"""Embedding files: clip-retrieval's per-shard parts, checked from their headers and assembled into row-aligned,
+L2-normalised arrays that later stages memory-map; readers for those arrays and their metadata.
 
-Layout of ``out_dir`` (``<workdir>/embed``)::
-
-    parts/<shard>/    clip-retrieval output for one shard (img_emb/, text_emb/, metadata/) + done.json
-    img_emb.npy       (N, D) float32, L2-normalised image embeddings; row i <-> metadata row i
-    text_emb.npy      (N, D) float32, L2-normalised caption embeddings; row i <-> metadata row i
-    metadata.parquet  row, key (webdataset key: the stable sample id), sample_id (the list's id,
-                      e.g. the toy world key), caption, url, shard; sorted by key
-    manifest.json     counts, and ``shard_rows``: each shard's row range [start, end)
-
-A shard's part is written under a temporary name and renamed when complete, so a killed run
-redoes only unfinished shards. Memory is bounded by one shard: the parts are checked from their
-headers first (a truncated or misaligned part fails naming its file, before anything is written),
-then streamed shard by shard into the final arrays, which later stages memory-map
-(:func:`open_embeddings`). img2dataset keys start with the shard number, so sorting each shard by
-key gives the global key order; the assembly checks that it does.
+Why here and not in the stage: the index, curation, the encoder report and the scale benchmarks read the
+same files; only `stages/embed.py` writes them.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cocu_core.config import PipelineConfig, fingerprint
-from cocu_core.data.download import read_download_manifest, shard_name
-from cocu_core.proc import run_module
-from cocu_core.io import (SCHEMA_VERSION_KEY, atomic_path, read_json, read_manifest, stage_is_current,
-                          write_manifest)
+from cocu_core import __version__
+from cocu_core.io import SCHEMA_VERSION_KEY, atomic_path, read_manifest
 
-EMBED_FIELDS = ["encoder.model", "encoder.pretrained"]
-RUNTIME_FIELDS = ["encoder.inference_batch_size", "encoder.num_workers", "encoder.distribution_strategy",
-                  "encoder.inference_options"]
-EMBED_VERSION = 2  # bump when the same model and shards embed differently (2: models forced into eval mode)
-EMBED_LAYOUT = 2  # bump when the files the stage assembles change (2: streamed, shard row ranges in the manifest)
 METADATA_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -68,73 +47,6 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=1, keepdims=True)
     n[n == 0] = 1
     return x / n
-
-
-def _clip_inference():
-    from cocu_core.compat import ensure_torchvision
-
-    ensure_torchvision()
-    from clip_retrieval.clip_inference.main import main as clip_inference
-
-    return clip_inference
-
-
-def prepro_workers(num_workers: int) -> int:
-    """Why: clip-retrieval's webdataset reader splits the tars of a partition between its data-loader workers; a
-    partition here is one shard, so a second worker gets no tar, raises "No samples found in dataset" and inference
-    then waits forever. One worker decodes while the model runs."""
-    return min(num_workers, 1)
-
-
-def embed_shard(tar: Path, out: Path, clip_model: str, batch_size: int, num_workers: int,
-                options: Optional[dict[str, Any]] = None) -> None:
-    """Why: run the real clip-retrieval inference on one webdataset shard into `out`."""
-    _clip_inference()(
-        input_dataset=str(tar),  # a plain string: clip-retrieval brace-expands it (a list would break)
-        output_folder=str(out),
-        input_format="webdataset",
-        enable_text=True,
-        enable_image=True,
-        enable_metadata=True,
-        batch_size=batch_size,
-        num_prepro_workers=prepro_workers(num_workers),
-        clip_model=clip_model,
-        use_jit=False,
-        output_partition_count=1,
-        enable_wandb=False,
-        **(options or {}),
-    )
-
-
-def embed_shards_grouped(tars: Sequence[Path], out: Path, clip_model: str, batch_size: int, num_workers: int,
-                         strategy: str = "sequential", options: Optional[dict[str, Any]] = None) -> list[Path]:
-    """Why: one clip-retrieval call over many shards, one output partition per shard, so its own distributors
-    (pyspark executors, slurm nodes) spread the shards; returns each shard's part folder under `out`."""
-    tars = [Path(t) for t in tars]
-    if len({t.parent for t in tars}) != 1:
-        raise ValueError("grouped embedding needs the shards of one folder")
-    names = [t.stem for t in tars]
-    pattern = str(tars[0]) if len(tars) == 1 else f"{tars[0].parent}/{{{','.join(names)}}}.tar"
-    raw = out / "_clip_retrieval"
-    _clip_inference()(
-        input_dataset=pattern, output_folder=str(raw), input_format="webdataset", enable_text=True,
-        enable_image=True, enable_metadata=True, batch_size=batch_size, num_prepro_workers=prepro_workers(num_workers),
-        clip_model=clip_model, use_jit=False, output_partition_count=len(tars), enable_wandb=False,
-        distribution_strategy=strategy, **(options or {}),
-    )
-    width = int(np.log10(len(tars))) + 1  # clip-retrieval's zero padding of partition ids
-    parts = []
-    for i, name in enumerate(names):  # partition i reads the i-th tar of the pattern (its Sampler: index % count)
-        part = out / name
-        part.mkdir(parents=True, exist_ok=True)
-        for sub, stem, ext in (("img_emb", "img_emb", "npy"), ("text_emb", "text_emb", "npy"),
-                               ("metadata", "metadata", "parquet")):
-            src = raw / sub / f"{stem}_{str(i).zfill(width)}.{ext}"
-            if src.is_file():
-                (part / sub).mkdir(exist_ok=True)
-                src.rename(part / sub / f"{stem}_0.{ext}")
-        parts.append(part)
-    return parts
 
 
 def npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -217,27 +129,8 @@ def read_part(part: Path, shard: str, dim_hint: int = 0) -> tuple[np.ndarray, np
     return img, txt, table
 
 
-def embed_inputs_fp(download_key: str, encoder_fingerprint: str) -> str:
-    """Why: the embed stage's inputs key (download + encoder + embedder version), shared with `cocu status`."""
-    return fingerprint({"download": download_key, "encoder": encoder_fingerprint, "embedder": EMBED_VERSION,
-                        "layout": EMBED_LAYOUT})
-
-
-def _part_key(download_key: str, encoder_fingerprint: str, fields: dict[str, Any]) -> str:
-    """Why: a part is reusable whenever the same model embedded the same shard, whatever the assembled layout."""
-    inputs = fingerprint({"download": download_key, "encoder": encoder_fingerprint, "embedder": EMBED_VERSION})
-    return fingerprint({"inputs": inputs, "config": fields})
-
-
-def part_key_for(download_dir: str | Path, encoder_fingerprint: str, cfg: PipelineConfig) -> str:
-    """Why: the `done.json` key that marks a part finished for this download and encoder (simulations write it too)."""
-    dl = read_download_manifest(download_dir)
-    return _part_key(dl.get("generation", dl["cache_key"]), encoder_fingerprint, cfg.fields_for(EMBED_FIELDS))
-
-
-def _metadata_schema(clip_model: str) -> pa.Schema:
-    from cocu_core import __version__
-
+def metadata_schema(clip_model: str) -> pa.Schema:
+    """Why: the metadata file says which schema version, code version and model wrote it."""
     return METADATA_SCHEMA.with_metadata({SCHEMA_VERSION_KEY: b"1", b"cocu.code_version": __version__.encode(),
                                           b"cocu.clip_model": clip_model.encode()})
 
@@ -263,7 +156,7 @@ def assemble_parts(parts: Path, shards: Sequence[str], out: Path, clip_model: st
     dim = dims.pop() if dims else 0
     n = sum(r for r, _ in sizes.values())
     shard_rows: dict[str, list[int]] = {}
-    schema = _metadata_schema(clip_model)
+    schema = metadata_schema(clip_model)
     with atomic_path(out / ARRAYS["image"]) as tmp_img, atomic_path(out / ARRAYS["caption"]) as tmp_txt, \
             atomic_path(out / "metadata.parquet") as tmp_meta:
         img_all, txt_all = (_open_output(t, (n, dim)) for t in (tmp_img, tmp_txt))
@@ -299,81 +192,6 @@ def assemble_parts(parts: Path, shards: Sequence[str], out: Path, clip_model: st
                 arr.flush()
         del img_all, txt_all
     return {"rows": n, "dim": dim, "shard_rows": shard_rows}
-
-
-def embed_stage(
-    download_dir: str | Path,
-    out_dir: str | Path,
-    cfg: PipelineConfig,
-    clip_model: str,
-    encoder_fingerprint: str,
-    model_configs: Sequence[str | Path] = (),
-    progress: bool = True,
-    log: Optional[Callable[[str], None]] = None,
-) -> dict[str, Any]:
-    """Why: embed every downloaded sample once; reruns skip finished shards or hit the cache.
-
-    `clip_model` is clip-retrieval's model string (see `load_encoder`); `model_configs` are open_clip
-    model-config JSON files to register first (our `cocu-tiny.json`).
-    """
-    from tqdm import tqdm
-
-    dl = read_download_manifest(download_dir)
-    out = Path(out_dir)
-    fields = cfg.fields_for(EMBED_FIELDS)
-    inputs_fp = embed_inputs_fp(dl["cache_key"], encoder_fingerprint)
-    if stage_is_current(out, inputs_fp, fields):
-        m = read_json(out / "manifest.json")
-        return {**m["counts"], **m.get("report", {}), "cached": True}
-
-    # Shards of one download generation are never rewritten (rows appended to the list become new shards), so
-    # parts are keyed by the generation: when the list grows, only the new shards are embedded.
-    part_key = part_key_for(download_dir, encoder_fingerprint, cfg)
-    parts = out / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    n_shards = int(dl["n_shards"])
-    names = [shard_name(i) for i in range(n_shards)]
-    shards_dir = Path(download_dir) / "shards"
-    t0 = time.time()
-    pending = []
-    for name in names:
-        marker = parts / name / "done.json"
-        if not (marker.is_file() and read_json(marker).get("part_key") == part_key):
-            pending.append(name)
-    done, redone = n_shards - len(pending), len(pending)
-    if pending:
-        if log:
-            log(f"embed: {len(pending)} of {n_shards} shards with clip-retrieval ({clip_model})")
-        bar = tqdm(total=n_shards, initial=done, desc="embed: shards", unit="shard", disable=not progress, leave=False)
-
-        def poll() -> None:
-            bar.n = sum((parts / s / "done.json").is_file() for s in names)
-            bar.refresh()
-
-        spec = {"parts_dir": str(parts.resolve()), "shards_dir": str(shards_dir.resolve()), "shards": pending,
-                "clip_model": clip_model, "part_key": part_key, "batch_size": cfg.encoder.inference_batch_size,
-                "num_workers": cfg.encoder.num_workers, "model_configs": [str(p) for p in model_configs],
-                "distribution_strategy": cfg.encoder.distribution_strategy,
-                "inference_options": dict(cfg.encoder.inference_options)}
-        try:
-            run_module("cocu_core.embed_runner", spec, out / "embed_spec.json", out / "clip_inference.log", poll)
-        finally:
-            bar.close()
-    infer_s = time.time() - t0
-    (out / "manifest.json").unlink(missing_ok=True)  # the arrays are about to change: not current until rewritten
-    asm = assemble_parts(parts, names, out, clip_model)
-    n, dim = asm["rows"], asm["dim"]
-    expected = int(dl["counts"]["success"])
-    report = {"embedded": n, "downloaded": expected, "skipped_unreadable": expected - n, "dim": dim,
-              "shards": n_shards, "shards_reused": done, "shards_embedded": redone, "seconds": round(infer_s, 2),
-              "samples_per_s": round(n / infer_s, 1) if redone and infer_s > 0 else None,
-              "assemble_seconds": round(time.time() - t0 - infer_s, 2)}
-    if log:
-        log(f"embed: {n} samples x {dim} dims from {n_shards} shards ({done} reused) in {infer_s:.1f}s")
-    write_manifest(out, "embed", inputs_fp, fields, counts={"embedded": n, "dim": dim, "shards": n_shards},
-                   extra={"report": report, "clip_model": clip_model, "runtime": cfg.fields_for(RUNTIME_FIELDS),
-                          "shard_rows": asm["shard_rows"]})
-    return {**report, "cached": False}
 
 
 def embed_manifest(out_dir: str | Path) -> dict[str, Any]:

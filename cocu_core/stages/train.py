@@ -1,4 +1,9 @@
-"""The training stage: download shards (+ a variant's concept archives) -> GroupViT checkpoint, cached and resumable.
+"""train: GroupViT pre-training with the multi-label loss fed by a variant's curated concepts, cached and resumable.
+
+Reads   download/shards (+ download/manifest.json), curate/<archive variant>/ (shard manifests; none for baseline)
+Writes  train/<variant>/ (layout below)
+Key     train_inputs(...) (download key, archive keys, VERSION, variant) + train_fields (the train section less
+        RUNTIME_FIELDS, plus the resolved model config)
 
 Layout of ``out_dir`` (``<workdir>/train/<variant>``)::
 
@@ -21,14 +26,19 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from cocu_core.config import PipelineConfig, fingerprint
+from cocu_core.config import PipelineConfig, TrainConfig, fingerprint
+from cocu_core.errors import CocuError
 from cocu_core.io import read_json, read_manifest, stage_is_current, write_json_atomic, write_manifest
+from cocu_core.layout import stage_dir, train_variant
+from cocu_core.stages.base import DONE, Context, Report, Stage, StageStatus, compare, upstream_key
+from cocu_core.stages.curate import oracle_archive
 
-TRAIN_VERSION = 1  # bump when the same inputs and settings train differently
+VERSION = 1  # bump when the same inputs and settings train differently
 RUNTIME_FIELDS = {"train.device", "train.processes", "train.nnodes", "train.threads", "train.num_workers",
                   "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.variant"}
+FIELDS = [f"train.{k}" for k in TrainConfig.model_fields if f"train.{k}" not in RUNTIME_FIELDS]  # keyed
 # Which curated archive each training variant reads (None: the caption alone). The authors' release ranks the
 # full method's archive (vision-driven + T2V) and takes its top concepts; the oracle reads the toy world's
 # ground truth in the same format (cocu_core.toyworld.oracle, one manifest for the folder).
@@ -36,16 +46,15 @@ ARCHIVE_FOR: dict[str, Optional[str]] = {"baseline": None, "v1": "v1", "v2": "v2
                                          "topk-release": "cocu", "oracle": "oracle"}
 
 
-class TrainStageError(FileNotFoundError):
+class TrainStageError(FileNotFoundError, CocuError):
     """An input of the training stage is missing; the message says which stage to run."""
 
 
 def train_fields(cfg: PipelineConfig) -> dict[str, Any]:
     """Why: the training settings that change the trained model, and nothing else."""
-    from cocu_core.model import get_config
+    from cocu_core.model import get_config  # torch
 
-    names = [f"train.{k}" for k in type(cfg.train).model_fields]
-    fields = cfg.fields_for([n for n in names if n not in RUNTIME_FIELDS])
+    fields = cfg.fields_for(FIELDS)
     try:  # the architecture the name resolves to: a changed registered config retrains
         fields["model_config"] = get_config(cfg.train.model, **cfg.train.model_overrides).to_dict()
     except (KeyError, ValueError):  # unknown name or override: the train stage reports it with context
@@ -53,38 +62,30 @@ def train_fields(cfg: PipelineConfig) -> dict[str, Any]:
     return fields
 
 
-def train_variant(cfg: PipelineConfig, variant: Optional[str] = None) -> str:
-    """Why: `--variant`, else `train.variant`, else the curation variant."""
-    return variant or cfg.train.variant or cfg.curation.variant
-
-
 def train_dir_for(cfg: PipelineConfig, variant: Optional[str] = None) -> Path:
     """Why: each variant's model lives beside the others, so an ablation never overwrites."""
-    return cfg.workpath / "train" / train_variant(cfg, variant)
+    return stage_dir(cfg, "train", variant)
 
 
-def _stage_key(stage_dir: Path, what: str) -> str:
-    m = read_manifest(stage_dir)
-    if not m:
-        raise TrainStageError(f"no finished {what} in {stage_dir}; run the earlier stages first (`cocu run`)")
-    return m["cache_key"]
+def _stage_key(folder: Path, what: str) -> str:
+    return upstream_key(folder, what, TrainStageError, "run the earlier stages first (`cocu run`)")
 
 
 def train_inputs(cfg: PipelineConfig, variant: str) -> tuple[Path, Optional[Path], str]:
     """Why: the shards and archives a variant trains on, and one fingerprint over both."""
-    download = cfg.workpath / "download"
-    parts = {"download": _stage_key(download, "download stage"), "version": TRAIN_VERSION, "variant": variant}
+    download = stage_dir(cfg, "download")
+    parts = {"download": _stage_key(download, "download stage"), "version": VERSION, "variant": variant}
     archive_variant = ARCHIVE_FOR[variant]
     archive_dir = None
     if archive_variant == "oracle":
-        archive_dir = cfg.workpath / "curate" / "oracle"
+        archive_dir = stage_dir(cfg, "curate", "oracle")
         m = read_manifest(archive_dir)
         if not m:
             raise TrainStageError(f"training variant 'oracle' needs the ground-truth archive in {archive_dir}; "
                                   "`cocu train --variant oracle` builds it (toy world only)")
         parts["archives"] = {"oracle": m["cache_key"]}
     elif archive_variant:
-        archive_dir = cfg.workpath / "curate" / archive_variant
+        archive_dir = stage_dir(cfg, "curate", archive_variant)
         shard_dirs = sorted(archive_dir.glob("shard_*")) if archive_dir.is_dir() else []
         if not shard_dirs:
             raise TrainStageError(
@@ -100,9 +101,7 @@ def train_stage(cfg: PipelineConfig, variant: Optional[str] = None, out_dir: Opt
     variant = train_variant(cfg, variant)
     out = Path(out_dir) if out_dir else train_dir_for(cfg, variant)
     if variant == "oracle":
-        from cocu_core.toyworld.oracle import oracle_archive_stage
-
-        oracle_archive_stage(cfg)  # refuses without a toy world; cached on (toy world, download)
+        oracle_archive(cfg)  # refuses without a toy world; cached on (toy world, download)
     shards, archives, inputs = train_inputs(cfg, variant)
     fields = train_fields(cfg)
     key = fingerprint({"inputs": inputs, "config": fields})
@@ -118,7 +117,7 @@ def train_stage(cfg: PipelineConfig, variant: Optional[str] = None, out_dir: Opt
     if world > 1:
         report = _launch_torchrun(cfg, shards, archives, out, variant, log, progress)
     else:
-        from cocu_core.train.loop import train_loop
+        from cocu_core.train.loop import train_loop  # torch
 
         report = train_loop(cfg, shards, archives, out, variant, resume=True, log=log, progress=progress)
     counts = {k: report[k] for k in ("steps", "samples", "first_loss", "last_loss", "seconds", "images_per_s")}
@@ -140,7 +139,7 @@ def torchrun_command(cfg: PipelineConfig, spec_path: Path) -> list[str]:
             raise ValueError("train.nnodes > 1 needs MASTER_ADDR (and MASTER_PORT, NODE_RANK) set on every node")
         cmd += [f"--node_rank={os.environ.get('NODE_RANK', '0')}", f"--master_addr={addr}",
                 f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
-    return cmd + ["-m", "cocu_core.train.worker", str(spec_path)]
+    return cmd + ["-m", "cocu_core.train._runner", str(spec_path)]
 
 
 def _launch_torchrun(cfg: PipelineConfig, shards: Path, archives: Optional[Path], out: Path, variant: str,
@@ -173,3 +172,55 @@ def _launch_torchrun(cfg: PipelineConfig, shards: Path, archives: Optional[Path]
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun exited with code {proc.returncode}:\n" + "\n".join(tail))
     return read_json(out / "train_report.json")
+
+
+def run(ctx: Context) -> Report:
+    """Why: train (or reuse) the configured variant's GroupViT."""
+    return train_stage(ctx.cfg, log=ctx.log, progress=ctx.progress)
+
+
+def probe(cfg: PipelineConfig) -> Callable[[], tuple[float, str]]:
+    """Why: the configured variant's training progress (the flow's progress artifact polls it)."""
+    return train_probe(cfg, train_dir_for(cfg))
+
+
+def train_probe(cfg: PipelineConfig, out: Path) -> Callable[[], tuple[float, str]]:
+    """Why: training progress and loss from the curve the trainer writes at every checkpoint (in any folder: the
+    ablation's runs too)."""
+    import csv
+    import io
+
+    def read() -> tuple[float, str]:
+        f = out / "loss_curve.csv"
+        if not f.is_file():
+            return 0.0, ""
+        rows = list(csv.DictReader(io.StringIO(f.read_text())))
+        if not rows:
+            return 0.0, ""
+        last = rows[-1]
+        step, epoch = int(last["step"]), int(last["epoch"])
+        frac = step / cfg.train.max_steps if cfg.train.max_steps else (epoch + 0.5) / cfg.train.epochs
+        return frac, f"train: step {step}, epoch {epoch + 1}/{cfg.train.epochs}, loss {float(last['loss']):.4f}"
+
+    return read
+
+
+def status(cfg: PipelineConfig, up: Mapping[str, StageStatus]) -> StageStatus:
+    """Why: the expected key from today's download and archive manifests and training fields."""
+    folder = train_dir_for(cfg)
+    needs = {k: up[k] for k in ("download", "curate") if k in up}
+    if ARCHIVE_FOR[train_variant(cfg)] in (None, "oracle"):  # the caption alone, or the toy world's ground truth
+        needs.pop("curate", None)
+    inputs = None
+    if all(s.state == DONE for s in needs.values()):
+        try:
+            inputs = train_inputs(cfg, train_variant(cfg))[2]
+        except FileNotFoundError:
+            inputs = None
+    st = compare("train", folder, inputs, train_fields(cfg), needs)
+    if st.state == DONE and (folder / "final.pt").is_file():
+        st.outputs.insert(1, str(folder / "final.pt"))
+    return st
+
+
+STAGE = Stage("train", needs=("download", "curate"), run=run, status=status, probe=probe, fields=tuple(FIELDS))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocu_core.cli import UserError, _load, _with_config, command
+from cocu_core.cli.registry import UserError, add_config_args, command, load_config_args
+from cocu_core.compat import ensure_torchvision
 from cocu_core.config import TRAIN_VARIANTS
+from cocu_core.stages.train import TrainStageError, train_dir_for, train_stage
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
-    _with_config(p, required=True)
+    add_config_args(p, required=True)
     p.add_argument("--variant", default=None,
                    choices=list(TRAIN_VARIANTS),
                    help="text inputs of the multi-label loss (default: train.variant, else curation.variant)")
@@ -21,13 +23,10 @@ def _setup(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train GroupViT on the download shards and concept archives; needs the curation stages done (cocu run)."""
-    from cocu_core.compat import ensure_torchvision
-
     ensure_torchvision()
     from cocu_core.train.checkpoint import CheckpointError, list_step_checkpoints
-    from cocu_core.train.stage import TrainStageError, train_dir_for, train_stage
 
-    cfg = _load(args)
+    cfg = load_config_args(args)
     target = Path(args.out) if args.out else train_dir_for(cfg, args.variant)
     unfinished = list_step_checkpoints(target / "checkpoints")
     if unfinished and not args.resume and not (target / "manifest.json").is_file():

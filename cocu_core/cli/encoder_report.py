@@ -6,41 +6,37 @@ import argparse
 import sys
 from typing import Any
 
-from cocu_core.cli import _load, _with_config, command
+from cocu_core import stages
+from cocu_core.cli.registry import add_config_args, command, load_config_args
+from cocu_core.concepts.embed import concept_text_embeddings
 from cocu_core.config import ConfigError, PipelineConfig
-from cocu_core.encoder.report import format_report
+from cocu_core.embeddings.store import load_embeddings
+from cocu_core.encoder.load import load_encoder
+from cocu_core.encoder.report import class_ranking, format_report, retrieval_recall
+from cocu_core.encoder.toy_model import TOY_MODEL
+from cocu_core.encoder.train import embed_images, holdout_split, load_web_pairs
+from cocu_core.layout import stage_dir, toy_split
+from cocu_core.stages.base import Context
+from cocu_core.toyworld import CLASS_NAMES, read_pairs
 
 
 def ensure_toy_encoder(cfg: PipelineConfig, progress: bool = True, log=print) -> dict[str, Any]:
-    """Why: the toy encoder needs the toy world's `web` split; make both (cached) and return the training manifest."""
-    from cocu_core.encoder.load import encoder_dir
-    from cocu_core.encoder.train import train_toy_encoder
-    from cocu_core.toyworld import generate_world
-
-    world = cfg.workpath / "toyworld"
-    generate_world(world, cfg.data.toyworld)
-    return train_toy_encoder(cfg, world / "web", encoder_dir(cfg), progress=progress, log=log)
+    """Why: the toy encoder needs the toy world's `web` split: the pipeline's own two stages make both (cached)."""
+    ctx = Context(cfg, log=log, progress=progress)
+    stages.toyworld.run(ctx)
+    return stages.encoder.run(ctx)
 
 
 def evaluate_loaded(cfg: PipelineConfig) -> tuple[dict[str, Any], str]:
     """Why: a given (pretrained) encoder is judged on held-out toy web pairs, or on the embedded real pairs."""
-    from cocu_core.encoder.load import load_encoder
-    from cocu_core.encoder.report import retrieval_recall
-
     if cfg.data.source == "toyworld":
-        from cocu_core.encoder.train import embed_images, holdout_split, load_web_pairs
-        from cocu_core.toyworld import generate_world
-
         enc = load_encoder(cfg)  # first, so missing weights fail before any work
-        world = cfg.workpath / "toyworld"
-        generate_world(world, cfg.data.toyworld)
-        paths, captions = load_web_pairs(world / "web")
+        stages.toyworld.run(Context(cfg))
+        paths, captions = load_web_pairs(toy_split(cfg, "web"))
         _, ho = holdout_split(len(paths), cfg.encoder.holdout, cfg.seed)
         img = embed_images(enc.model, enc.preprocess, [paths[i] for i in ho])
         return retrieval_recall(img, [captions[i] for i in ho], enc.encode_text), "held-out toy web pairs"
-    from cocu_core.embed import load_embeddings
-
-    img, txt, meta = load_embeddings(cfg.workpath / "embed")
+    img, txt, meta = load_embeddings(stage_dir(cfg, "embed"))
     n = min(cfg.encoder.holdout, len(img))
     caps = meta.column("caption").to_pylist()[:n]
     first = {c: i for i, c in reversed(list(enumerate(caps)))}
@@ -51,14 +47,8 @@ def toy_class_ranking(cfg: PipelineConfig, n_images: int = 1000, k: int = 3) -> 
     """Why: rank the toy world's classes per `train` image by prompt similarity, against the true classes."""
     import numpy as np
 
-    from cocu_core.concepts.embed import concept_text_embeddings
-    from cocu_core.encoder.load import load_encoder
-    from cocu_core.encoder.report import class_ranking
-    from cocu_core.encoder.train import embed_images
-    from cocu_core.toyworld import CLASS_NAMES, read_pairs
-
     enc = load_encoder(cfg)
-    train = cfg.workpath / "toyworld" / "train"
+    train = toy_split(cfg, "train")
     rows = read_pairs(train).slice(0, n_images).to_pylist()
     classes = [c for c in CLASS_NAMES if c != "background"]
     img = embed_images(enc.model, enc.preprocess, [train / r["file"] for r in rows])
@@ -69,9 +59,7 @@ def toy_class_ranking(cfg: PipelineConfig, n_images: int = 1000, k: int = 3) -> 
 
 def cmd_encoder_report(args: argparse.Namespace) -> int:
     """Print the curation encoder's zero-shot image->text retrieval (R@1, R@5), training the toy encoder if needed."""
-    from cocu_core.encoder.toy_model import TOY_MODEL
-
-    cfg = _load(args)
+    cfg = load_config_args(args)
     enc = cfg.encoder
     if enc.model == TOY_MODEL and not enc.pretrained:
         if not enc.train_toy:
@@ -91,12 +79,12 @@ def cmd_encoder_report(args: argparse.Namespace) -> int:
         print(f"zero-shot class ranking on {cr['n_images']} toy train images (top {k} of the toy classes by prompt "
               f"similarity): P@{k} {cr[f'p@{k}']:.3f} (chance {cr[f'chance_p@{k}']:.3f}), R@{k} {cr[f'r@{k}']:.3f}")
     if enc.model == TOY_MODEL and not enc.pretrained:
-        print(f"checkpoint: {(cfg.workpath / 'encoder' / (TOY_MODEL + '.pt')).resolve()}")
+        print(f"checkpoint: {(stage_dir(cfg, 'encoder') / (TOY_MODEL + '.pt')).resolve()}")
     return 0
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
-    _with_config(p, required=True)
+    add_config_args(p, required=True)
     p.add_argument("--quiet", action="store_true", help="no progress bar when output is not a terminal")
 
 

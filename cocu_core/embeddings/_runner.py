@@ -1,4 +1,4 @@
-"""Run clip-retrieval inference shard by shard in a child process: `python -m cocu_core.embed_runner spec.json`.
+"""Run clip-retrieval inference shard by shard in a child process: `python -m cocu_core.embeddings._runner spec.json`.
 
 Why a separate process: clip-retrieval starts spawn-based logger processes that re-import the main
 module; this module makes torchvision importable at import time (compat shim) and registers the
@@ -55,7 +55,7 @@ def main(spec_path: str) -> int:
     for cfg_path in spec.get("model_configs", []):
         open_clip.add_model_config(cfg_path)
     _models_in_eval_mode(open_clip)
-    from cocu_core.embed import embed_shard, embed_shards_grouped
+    from cocu_core.embeddings.clip_retrieval import embed_shard, embed_shards_grouped  # after the compat shim
 
     parts = Path(spec["parts_dir"])
     strategy = spec.get("distribution_strategy", "sequential")

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cocu_core.cli import UserError, _load, _with_config, command
+from cocu_core.cli.registry import UserError, add_config_args, command, load_config_args
+from cocu_core.compat import ensure_torchvision
+from cocu_core.evaluation.datasets import DatasetLayoutError
+from cocu_core.evaluation.report import format_table
+from cocu_core.evaluation.roots import EvaluationError
+from cocu_core.stages.evaluate import evaluate_stage
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
-    _with_config(p, required=True)
+    add_config_args(p, required=True)
     p.add_argument("--checkpoint", action="append", default=None, metavar="PATH",
                    help="our checkpoint (.pt or a train folder) or a Hugging Face GroupViT folder; repeat for more "
                         "rows of the table (default: the train stage's final model)")
@@ -25,18 +30,14 @@ def _setup(p: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate GroupViT checkpoints zero-shot: Table-1 mIoU per dataset, classification, per-class IoU, panels."""
-    from cocu_core.compat import ensure_torchvision
-
     ensure_torchvision()
-    from cocu_core.evaluation.datasets import DatasetLayoutError
-    from cocu_core.evaluation.stage import EvaluationError, evaluate_stage, format_table
     from cocu_core.train.checkpoint import CheckpointError
 
     for item, key in ((args.dataset, "eval.datasets"), (args.save_predictions, "eval.save_predictions"),
                       (args.max_images, "eval.max_images")):
         if item is not None:
             args.set = (args.set or []) + [f"{key}={item!r}" if not isinstance(item, list) else f"{key}={item}"]
-    cfg = _load(args)
+    cfg = load_config_args(args)
     runs: list[tuple[str | None, bool]] = [(c, False) for c in (args.checkpoint or [None])]
     if args.random_init:
         runs.append((None, True))

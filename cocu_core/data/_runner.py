@@ -1,4 +1,4 @@
-"""Run img2dataset in its own process tree that dies with the stage (`python -m cocu_core.data._i2d_runner spec.json`).
+"""Run img2dataset in its own process tree that dies with the stage (`python -m cocu_core.data._runner spec.json`).
 
 Why a separate process: img2dataset installs a SIGINT handler and starts spawn-based worker pools.
 If the stage is killed, orphaned workers would keep writing (a shard whose downloads then all fail
@@ -17,6 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from img2dataset.logger import LoggerProcess  # noqa: E402
 
 from cocu_core.proc import die_with_parent  # noqa: E402
+
 
 def _pool_initializer(parent_pid: int) -> None:
     die_with_parent(parent_pid)
