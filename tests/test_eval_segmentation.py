@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cocu_core.config import ToyWorldConfig, config_from_dict
 from cocu_core.evaluation.segmentation import (
-    SegSettings, class_embeddings, pixel_groups, predict, rescale_size, slide_logits, to_model_input, window_boxes,
-    window_logits,
+    SegSettings, background_indicator, class_embeddings, pixel_groups, predict, rescale_size, slide_logits,
+    to_model_input, window_boxes, window_logits,
 )
 from cocu_core.model import create_model
 
@@ -42,14 +43,30 @@ def test_composed_assignment_sums_to_one_per_pixel(model):
     assert torch.allclose(soft.sum(1), torch.ones(1, 64, 64), atol=1e-5)
 
 
-def test_background_threshold_one_is_all_background_zero_is_none(model):
+def test_background_is_groupvits_indicator_per_window():
+    # two windows, three groups, four classes; pixels (2 x 3) assigned to groups 0, 1, 2 / 0, 1, 2 and 2, 2, 2 / 2, 2, 1
+    aff = torch.tensor([[[0.50, 0.10, 0.0, 0.0], [0.0, 0.30, 0.05, 0.0], [0.0, 0.0, 0.20, 0.10]],
+                        [[0.90, 0.0, 0.0, 0.0], [0.0, 0.0, 0.40, 0.0], [0.0, 0.0, 0.0, 0.70]]])
+    groups = torch.tensor([[[0, 1, 2], [0, 1, 2]], [[2, 2, 2], [2, 2, 1]]])
+    onehot = F.one_hot(groups, 3).permute(0, 3, 1, 2).float()
+    fg = torch.einsum("bghw,bgn->bnhw", onehot, aff)
+    # 0.95 > every max affinity: t is each window's own max (0.5, 0.9); its best group stays foreground,
+    # even where no pixel takes it (window 2: group 0 wins no pixel, so all its pixels are background)
+    bg = background_indicator(fg, aff, 0.95)[:, 0]
+    assert bg.tolist() == [[[0, 1, 1], [0, 1, 1]], [[1, 1, 1], [1, 1, 1]]]
+    # t = 0.25: scores 0.5 and 0.3 stay, 0.2 goes; window 2's 0.7 and 0.4 stay
+    assert background_indicator(fg, aff, 0.25)[:, 0].tolist() == [[[0, 0, 1], [0, 0, 1]], [[0, 0, 0], [0, 0, 0]]]
+    assert background_indicator(fg, aff, 0.0).sum() == 0
+
+
+def test_background_threshold_zero_predicts_no_background(model):
     classes = class_embeddings(model, NAMES, ["a photo of a {}."], torch.device("cpu"))
     for seed in range(3):
-        all_bg = predict(model, image(seed), classes, settings(bg_thresh=1.0))
         no_bg = predict(model, image(seed), classes, settings(bg_thresh=0.0))
-        assert (all_bg == 0).all()
-        assert (no_bg != 0).all()
-        assert int(no_bg.max()) <= len(NAMES)
+        assert (no_bg != 0).all() and int(no_bg.max()) <= len(NAMES)
+        logits = window_logits(model, to_model_input(image(seed), (64, 64), torch.device("cpu")), classes,
+                               settings(bg_thresh=1.0))
+        assert set(logits[:, 0].unique().tolist()) <= {0.0, 1.0}  # the background channel is 0/1
 
 
 def test_top_k_mask_limits_the_classes_an_image_can_take(model):

@@ -5,9 +5,11 @@ the window, one-hot of the argmax group; the final groups through the image proj
 scored against the class embeddings; `pre = softmax(groups @ classes.T * scale)`; only the top
 min(k, n_fg) classes of the pooled image embedding survive a second softmax, multiplied by `pre`;
 pixel logits = one-hot assignment @ affinity; background (datasets whose class 0 is background) is
-a constant logit min(bg_thresh, max affinity). Images are resized keeping their ratio and covered by
-sliding windows whose logits are averaged where they overlap (mmseg `slide_inference`), then
-resized back to the label's size.
+GV's indicator: 1 where the pixel's best foreground score is below min(bg_thresh, max affinity), 0
+elsewhere, per window. Images are resized keeping their ratio and covered by sliding windows whose
+logits are averaged where they overlap (mmseg `slide_inference`), then resized back to the label's
+size. ImageNet-S (the CoCu configs): an image over 1000x1000 pixels is first downsampled to long side
+1000, the argmax taken at that size, and the label map resized (nearest) to the ground truth.
 """
 
 from __future__ import annotations
@@ -99,12 +101,17 @@ def window_logits(model, windows: torch.Tensor, classes: torch.Tensor, settings:
     aff = aff.masked_fill(~keep[:, None, :], float("-inf")).softmax(-1) * pre
     logits = torch.einsum("bghw,bgn->bnhw", onehot, aff)
     if settings.bg_thresh is not None:
-        bg = torch.minimum(torch.full((aff.shape[0],), settings.bg_thresh, device=aff.device),
-                           aff.flatten(1).max(1).values)
-        logits = torch.cat([bg.view(-1, 1, 1, 1).expand(-1, 1, *size), logits], dim=1)
+        logits = torch.cat([background_indicator(logits, aff, settings.bg_thresh), logits], dim=1)
     if return_soft:
         return logits, soft, aff
     return logits
+
+
+def background_indicator(fg: torch.Tensor, aff: torch.Tensor, bg_thresh: float) -> torch.Tensor:
+    """Why: GV's background channel (B, 1, h, w): 1 where a pixel's best foreground score is below
+    t = min(bg_thresh, max affinity) of its window, else 0, so the best group keeps its class even when t < bg_thresh."""
+    t = aff.flatten(1).max(1).values.clamp(max=bg_thresh)  # (B,), one threshold per window
+    return (fg.max(1, keepdim=True).values < t.view(-1, 1, 1, 1)).to(fg.dtype)
 
 
 @torch.no_grad()
