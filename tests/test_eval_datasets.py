@@ -277,10 +277,9 @@ def test_imagenet_s_rg_encoding(tmp_path, subset):
     ds = get_dataset(f"imagenet_s{subset}", tmp_path)
     assert ds.ids == ["n01443537/ILSVRC2012_val_00004677"] and ds.n_classes == subset + 1
     assert ds.class_names[0] == "background" and ds.class_names[1] in ("goldfish", "tench")
-    ignore = 255 if subset == 50 else 1000  # 255 is a class of ImageNet-S 300
-    assert ds.ignore_index == ignore and len(ds.palette) >= max(256, ignore + 1)
-    _check(ds, ds[0], np.where(ids == 1000, ignore, ids))
-    assert ds.settings.bg_thresh == (0.95 if subset == 50 else 0.75)
+    assert ds.ignore_index == 1000 and len(ds.palette) >= 1001  # the CoCu configs' ignore index, both subsets
+    _check(ds, ds[0], ids)
+    assert ds.settings.bg_thresh == (0.95 if subset == 50 else 0.75) and ds.settings.downsample_large == 1000
 
 
 # ---------------------------------------------------------------------------------------------- toy

@@ -36,6 +36,7 @@ class SegSettings:
     bg_thresh: Optional[float]  # None: the dataset has no background class
     top_k: int = 5
     window_batch: int = 16
+    downsample_large: Optional[int] = None  # ImageNet-S: images over this squared (pixels) go to long side this
 
 
 @torch.no_grad()
@@ -168,8 +169,25 @@ def predict(model, image: np.ndarray, classes: torch.Tensor, settings: SegSettin
             out_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """Why: the label map (H, W) of one image at its label's size, as the protocol computes it."""
     device = classes.device
-    h, w = image.shape[:2]
-    x = to_model_input(image, rescale_size(h, w, settings.resize_long, settings.resize_short), device)
+    out_size = tuple(out_size or image.shape[:2])
+    small = downsample_large_image(image, settings.downsample_large)
+    h, w = small.shape[:2]
+    x = to_model_input(small, rescale_size(h, w, settings.resize_long, settings.resize_short), device)
     logits = slide_logits(model, x, classes, settings)
-    logits = F.interpolate(logits[None], size=out_size or (h, w), mode="bilinear", align_corners=False)[0]
-    return logits.argmax(0)
+    if small is image:
+        logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        return logits.argmax(0)
+    pred = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
+    return F.interpolate(pred[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
+
+
+def downsample_large_image(image: np.ndarray, side: Optional[int]) -> np.ndarray:
+    """Why: ImageNet-S's loader (CoCu's LoadImageNetSImageFromFile): an image of more than side**2 pixels goes to
+    long side `side` (bilinear, uint8 as mmcv.imresize returns) before anything else; others are returned as they are."""
+    h, w = image.shape[:2]
+    if side is None or h * w <= side ** 2:
+        return image
+    size = (side, int(side * w / h)) if h > w else (int(side * h / w), side)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

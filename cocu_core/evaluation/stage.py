@@ -57,7 +57,7 @@ def settings_for(cfg: PipelineConfig, ds):
     bg = None if not ds.has_background else (e.bg_threshold if e.bg_threshold is not None else d.bg_thresh)
     return SegSettings(resize_long=e.resize_long or d.resize_long, resize_short=e.resize_short or d.resize_short,
                        crop=e.crop or d.crop, stride=e.stride or d.stride, bg_thresh=bg, top_k=e.top_k_classes,
-                       window_batch=e.window_batch)
+                       window_batch=e.window_batch, downsample_large=d.downsample_large)
 
 
 def file_fingerprint(path: Path) -> str:
@@ -120,10 +120,7 @@ def evaluate_segmentation(model, ds, cfg: PipelineConfig, device: torch.device, 
         pred = predict(model, s.image, classes, settings, out_size=tuple(s.label.shape))
         cm.update(pred, torch.from_numpy(s.label).to(device))
         if save_predictions is not None:
-            from cocu_core.evaluation.pictures import save_palette_png
-
-            save_palette_png(save_predictions / ds.name / f"{s.id}.png", pred.cpu().numpy().astype(np.uint8),
-                             ds.palette)
+            ds.save_prediction(save_predictions / ds.name / f"{s.id}.png", pred.cpu().numpy())
         if out_dir is not None and len(panels) < cfg.eval.panels:
             panels.append(_panel(model, s, pred, classes, settings, ds, out_dir, missing or {}))
     dt = time.time() - t0
