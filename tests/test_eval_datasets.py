@@ -325,7 +325,7 @@ def test_classification_folder_names(tmp_path):
         for j in range(k):
             _jpg(tmp_path / f"val/{wnid}/ILSVRC2012_val_0000000{j}.JPEG", 8, 8)
     ds = ClassificationFolder(tmp_path)
-    assert ds.class_names == ["n01440764", "n01443537"] and len(ds) == 3  # sorted wnids = class index
+    assert ds.class_names == ["tench", "goldfish"] and len(ds) == 3  # wnid folders get CLIP's names, sorted order
     assert [ds[i].label for i in range(3)] == [0, 1, 1]
     (tmp_path / "class_names.txt").write_text("tench\ngoldfish\n")
     assert ClassificationFolder(tmp_path).class_names == ["tench", "goldfish"]
@@ -336,6 +336,41 @@ def test_classification_folder_names(tmp_path):
         ClassificationFolder(tmp_path)
     with pytest.raises(DatasetLayoutError, match="expected layout"):
         ClassificationFolder(tmp_path / "nowhere")
+
+
+def test_imagenet_wnid_folders_get_clips_names(tmp_path):
+    import open_clip
+
+    wnids = ["n15075141", "n01440764", "n02085620", "n04589890"]  # toilet tissue, tench, chihuahua, window screen
+    for w in wnids:
+        _jpg(tmp_path / f"val/{w}/ILSVRC2012_val_{w}.JPEG", 8, 8)
+    ds = ClassificationFolder(tmp_path)
+    names = list(open_clip.IMAGENET_CLASSNAMES)
+    assert ds.class_names == [names[0], names[151], names[904], names[999]]  # ImageNet indices of the sorted wnids
+    assert ds.class_names == ["tench", "Chihuahua", "window screen", "toilet paper"]
+
+
+@pytest.mark.parametrize("folder", ["cats", "n99999999"])
+def test_folder_neither_wnid_nor_named_is_one_line_error(tmp_path, folder):
+    for f in ("n01440764", folder):
+        _jpg(tmp_path / f"val/{f}/a.JPEG", 8, 8)
+    with pytest.raises(DatasetFileError, match=f"class folder\\(s\\) \\['{folder}'\\] are not ImageNet-1k") as e:
+        ClassificationFolder(tmp_path)
+    assert "\n" not in str(e.value) and "class_names.txt" in str(e.value)
+
+
+def test_classification_view_is_antialiased_resize_then_centre_crop():
+    import torch
+    import torch.nn.functional as F
+
+    from cocu_core.evaluation.classification import center_crop_input
+
+    noise = np.random.default_rng(1).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    x = center_crop_input(noise, 224, 0.875, torch.device("cpu"))
+    assert x.shape == (1, 3, 224, 224)
+    # short side 600 -> 256 (Resize(256)): a shrink by 2.3, averaged over the pixels it covers, not sampled
+    aliased = F.interpolate(torch.from_numpy(noise).permute(2, 0, 1)[None].float(), size=(256, 341), mode="bilinear")
+    assert x.std() < 0.5 * (aliased / 255 / 0.226).std()
 
 
 # -------------------------------------------------------------------------------- missing folders

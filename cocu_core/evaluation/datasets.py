@@ -817,7 +817,9 @@ class ClassificationFolder:
     under root). Class index = position of the folder in sorted order (ImageNet's convention for wnids).
 
     Class names: ``class_names.txt`` in root (or in the val folder), either one name a line aligned with
-    the sorted folders, or ``<folder><TAB><name>`` lines; without it, the folder names themselves.
+    the sorted folders, or ``<folder><TAB><name>`` lines; without it, folders named by ImageNet-1k WordNet
+    ids (``n01440764``) get CLIP's curated names (``open_clip.IMAGENET_CLASSNAMES``, GroupViT's
+    ``imagenet_classes``), matched through timm's list of the 1000 wnids in ImageNet's (sorted) order.
     """
 
     title = "classification folder"
@@ -843,7 +845,7 @@ class ClassificationFolder:
     def _names(self, base: Path, top: Path, folders: list[str]) -> list[str]:
         path = next((p for p in (base / "class_names.txt", top / "class_names.txt") if p.is_file()), None)
         if path is None:
-            return list(folders)
+            return imagenet_names(folders, top)
         lines = [ln.rstrip("\n") for ln in path.read_text().splitlines() if ln.strip()]
         if lines and all("\t" in ln for ln in lines):
             mapping = dict(ln.split("\t", 1) for ln in lines)
@@ -862,6 +864,34 @@ class ClassificationFolder:
     def __getitem__(self, i: int) -> ClsSample:
         sid, path, label = self.items[i]
         return ClsSample(sid, _read_image(path), label)
+
+
+def imagenet_1k_names() -> dict[str, str]:
+    """Why: prompting with WordNet ids scores near chance; GroupViT prompts with CLIP's 1000 curated names,
+    which are in the order of ImageNet-1k's sorted wnids (the class index), so the two lists zip."""
+    from cocu_core.compat import ensure_torchvision
+
+    ensure_torchvision()  # open_clip and timm import torchvision
+    import open_clip
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    wnids = [info.index_to_label_name(i) for i in range(info.num_classes())]
+    names = list(open_clip.IMAGENET_CLASSNAMES)
+    if len(wnids) != len(names) or wnids != sorted(wnids):
+        raise RuntimeError(f"timm's ImageNet wnids ({len(wnids)}) and open_clip's names ({len(names)}) do not align")
+    return dict(zip(wnids, names))
+
+
+def imagenet_names(folders: Sequence[str], top: Path) -> list[str]:
+    """Why: folders named by ImageNet-1k wnids get CLIP's names; any other folder needs a class_names.txt."""
+    known = imagenet_1k_names()
+    bad = [f for f in folders if f not in known]
+    if bad:
+        raise DatasetFileError(f"{top}: class folder(s) {bad[:3]}{' ...' if len(bad) > 3 else ''} are not ImageNet-1k "
+                               "WordNet ids (n01440764 style); add a class_names.txt (one name a line, in sorted folder "
+                               "order, or '<folder>\t<name>' lines)")
+    return [known[f] for f in folders]
 
 
 class ToyClassification:
