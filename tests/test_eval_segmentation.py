@@ -197,6 +197,19 @@ def test_saved_voc_predictions_score_as_printed(model, tmp_path):
     assert miou_of_files(saved, truth, 21, ignore=(255,)) == pytest.approx(seg["mIoU"], abs=1e-9)
 
 
+def test_bg_threshold_mapping_applies_per_dataset(tmp_path):
+    from cocu_core.evaluation.datasets import get_dataset
+    from cocu_core.evaluation.stage import settings_for
+
+    _voc_fixture(tmp_path / "VOC2012", [(40, 40)])
+    voc = get_dataset("voc", tmp_path)
+    ev = {"datasets": ["voc", "context"]}
+    assert settings_for(config_from_dict({"eval": ev}), voc).bg_thresh == 0.95  # the protocol's
+    cfg = config_from_dict({"eval": {**ev, "bg_threshold": {"voc": 0.7, "context": 0.2}}})
+    assert settings_for(cfg, voc).bg_thresh == 0.7
+    assert settings_for(config_from_dict({"eval": {**ev, "bg_threshold": {"context": 0.2}}}), voc).bg_thresh == 0.95
+
+
 def test_large_images_are_downsampled_first_as_the_imagenet_s_configs(model):
     big = image(1, 1100, 1000)
     assert downsample_large_image(big, 1000).shape == (1000, 909, 3)  # long side 1000, int() of the other

@@ -54,10 +54,19 @@ def settings_for(cfg: PipelineConfig, ds):
     from cocu_core.evaluation.segmentation import SegSettings
 
     d, e = ds.settings, cfg.eval
-    bg = None if not ds.has_background else (e.bg_threshold if e.bg_threshold is not None else d.bg_thresh)
     return SegSettings(resize_long=e.resize_long or d.resize_long, resize_short=e.resize_short or d.resize_short,
-                       crop=e.crop or d.crop, stride=e.stride or d.stride, bg_thresh=bg, top_k=e.top_k_classes,
-                       window_batch=e.window_batch, downsample_large=d.downsample_large)
+                       crop=e.crop or d.crop, stride=e.stride or d.stride, bg_thresh=bg_threshold_for(cfg, ds),
+                       top_k=e.top_k_classes, window_batch=e.window_batch, downsample_large=d.downsample_large)
+
+
+def bg_threshold_for(cfg: PipelineConfig, ds) -> Optional[float]:
+    """Why: eval.bg_threshold is per dataset (a mapping) or one number for the single background dataset evaluated."""
+    if not ds.has_background:
+        return None
+    t = cfg.eval.bg_threshold
+    if isinstance(t, dict):
+        return float(t.get(ds.name, ds.settings.bg_thresh))
+    return ds.settings.bg_thresh if t is None else float(t)
 
 
 def file_fingerprint(path: Path) -> str:
