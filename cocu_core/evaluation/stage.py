@@ -24,7 +24,7 @@ import torch
 from cocu_core.config import PipelineConfig, fingerprint
 from cocu_core.io import read_json, stage_is_current, write_bytes_atomic, write_json_atomic, write_manifest
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2  # 2: GroupViT's background indicator, ImageNet-S large images, CLIP ImageNet names
 RUNTIME_FIELDS = {"eval.device", "eval.window_batch", "eval.save_predictions", "eval.checkpoint"}
 
 
