@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cocu_core.errors import CocuError
 
@@ -275,6 +275,10 @@ class TrainConfig(_Section):
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs); null = all epochs.")
 
 
+BACKGROUND_DATASETS = ("voc", "context", "coco_object", "imagenet_s50", "imagenet_s300")  # class 0 = background
+_Threshold = Annotated[float, Field(ge=0, le=1)]
+
+
 class EvalConfig(_Section):
     """Zero-shot segmentation (GV's protocol) and classification; None settings take the dataset's protocol default."""
 
@@ -290,7 +294,9 @@ class EvalConfig(_Section):
     classification_templates: Literal["simple", "subset7", "full80"] = Field(
         "subset7", description="Class-embedding templates for zero-shot classification (the protocol's 7-subset)."
     )
-    bg_threshold: Optional[float] = Field(None, ge=0, le=1, description="Background threshold; None = the dataset's (VOC 0.95).")
+    bg_threshold: Optional[_Threshold | dict[str, _Threshold]] = Field(
+        None, description="Background threshold per dataset ({voc: 0.95, context: 0.35}); one number only when a single "
+                          "evaluated dataset has a background class; None = each dataset's protocol value.")
     resize_long: Optional[int] = Field(None, ge=1, description="Resize keeping ratio: longest side at most this; None = dataset's.")
     resize_short: Optional[int] = Field(None, ge=1, description="Resize keeping ratio: shortest side to this; None = dataset's.")
     crop: Optional[int] = Field(None, ge=1, description="Sliding-window side; None = dataset's.")
@@ -310,6 +316,21 @@ class EvalConfig(_Section):
         bad = [d for d in v if d not in EVAL_DATASETS]
         if bad:
             raise ValueError(f"unknown dataset(s) {bad}; choose from {list(EVAL_DATASETS)}")
+        return v
+
+    @field_validator("bg_threshold")
+    @classmethod
+    def _threshold_per_dataset(cls, v: Optional[float | dict[str, float]], info: ValidationInfo):
+        """Why: thresholds differ per dataset (VOC 0.95, Context 0.35); one number for several would silently replace all."""
+        if isinstance(v, dict):
+            bad = [d for d in v if d not in BACKGROUND_DATASETS]
+            if bad:
+                raise ValueError(f"{bad} have no background class; thresholds apply to {list(BACKGROUND_DATASETS)}")
+        elif v is not None:
+            with_bg = [d for d in info.data.get("datasets", []) if d in BACKGROUND_DATASETS]
+            if len(with_bg) > 1:
+                raise ValueError(f"one threshold for {len(with_bg)} datasets with a background class {with_bg}; give "
+                                 f"one per dataset, e.g. {{{with_bg[0]}: {v}, {with_bg[1]}: ...}}")
         return v
 
 

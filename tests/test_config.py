@@ -78,3 +78,19 @@ def test_fields_for_is_the_cache_basis():
     assert fingerprint(a.fields_for(fields)) == fingerprint(b.fields_for(fields))
     assert fingerprint(a.fields_for(["curation.variant"])) != fingerprint(b.fields_for(["curation.variant"]))
     assert a.fields_for(["data.image_size"]) == {"data.image_size": 64}
+
+
+def test_bg_threshold_is_per_dataset_or_refused_for_several_background_datasets():
+    ev = {"datasets": ["voc", "context", "toy"]}
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"eval": {**ev, "bg_threshold": 0.5}}, "x.yaml")
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2 and "'eval.bg_threshold'" in lines[1] and "['voc', 'context']" in lines[1]
+    assert "one per dataset" in lines[1]
+    cfg = config_from_dict({"eval": {**ev, "bg_threshold": {"voc": 0.9, "context": 0.3}}}, "x.yaml")
+    assert cfg.eval.bg_threshold == {"voc": 0.9, "context": 0.3}
+    assert config_from_dict({"eval": {"datasets": ["voc", "toy"], "bg_threshold": 0.5}}).eval.bg_threshold == 0.5
+    with pytest.raises(ConfigError, match=r"\['toy'\] have no background class"):
+        config_from_dict({"eval": {**ev, "bg_threshold": {"toy": 0.5}}}, "x.yaml")
+    with pytest.raises(ConfigError, match="eval.bg_threshold"):
+        config_from_dict({"eval": {"datasets": ["voc"], "bg_threshold": {"voc": 1.5}}}, "x.yaml")

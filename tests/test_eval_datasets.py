@@ -265,10 +265,9 @@ def test_imagenet_s_rg_encoding(tmp_path, subset):
     ds = get_dataset(f"imagenet_s{subset}", tmp_path)
     assert ds.ids == ["n01443537/ILSVRC2012_val_00004677"] and ds.n_classes == subset + 1
     assert ds.class_names[0] == "background" and ds.class_names[1] in ("goldfish", "tench")
-    ignore = 255 if subset == 50 else 1000  # 255 is a class of ImageNet-S 300
-    assert ds.ignore_index == ignore and len(ds.palette) >= max(256, ignore + 1)
-    _check(ds, ds[0], np.where(ids == 1000, ignore, ids))
-    assert ds.settings.bg_thresh == (0.95 if subset == 50 else 0.75)
+    assert ds.ignore_index == 1000 and len(ds.palette) >= 1001  # the CoCu configs' ignore index, both subsets
+    _check(ds, ds[0], ids)
+    assert ds.settings.bg_thresh == (0.95 if subset == 50 else 0.75) and ds.settings.downsample_large == 1000
 
 
 # ---------------------------------------------------------------------------------------------- toy
@@ -314,7 +313,7 @@ def test_classification_folder_names(tmp_path):
         for j in range(k):
             _jpg(tmp_path / f"val/{wnid}/ILSVRC2012_val_0000000{j}.JPEG", 8, 8)
     ds = ClassificationFolder(tmp_path)
-    assert ds.class_names == ["n01440764", "n01443537"] and len(ds) == 3  # sorted wnids = class index
+    assert ds.class_names == ["tench", "goldfish"] and len(ds) == 3  # wnid folders get CLIP's names, sorted order
     assert [ds[i].label for i in range(3)] == [0, 1, 1]
     (tmp_path / "class_names.txt").write_text("tench\ngoldfish\n")
     assert ClassificationFolder(tmp_path).class_names == ["tench", "goldfish"]
@@ -325,6 +324,41 @@ def test_classification_folder_names(tmp_path):
         ClassificationFolder(tmp_path)
     with pytest.raises(DatasetLayoutError, match="expected layout"):
         ClassificationFolder(tmp_path / "nowhere")
+
+
+def test_imagenet_wnid_folders_get_clips_names(tmp_path):
+    import open_clip
+
+    wnids = ["n15075141", "n01440764", "n02085620", "n04589890"]  # toilet tissue, tench, chihuahua, window screen
+    for w in wnids:
+        _jpg(tmp_path / f"val/{w}/ILSVRC2012_val_{w}.JPEG", 8, 8)
+    ds = ClassificationFolder(tmp_path)
+    names = list(open_clip.IMAGENET_CLASSNAMES)
+    assert ds.class_names == [names[0], names[151], names[904], names[999]]  # ImageNet indices of the sorted wnids
+    assert ds.class_names == ["tench", "Chihuahua", "window screen", "toilet paper"]
+
+
+@pytest.mark.parametrize("folder", ["cats", "n99999999"])
+def test_folder_neither_wnid_nor_named_is_one_line_error(tmp_path, folder):
+    for f in ("n01440764", folder):
+        _jpg(tmp_path / f"val/{f}/a.JPEG", 8, 8)
+    with pytest.raises(DatasetFileError, match=f"class folder\\(s\\) \\['{folder}'\\] are not ImageNet-1k") as e:
+        ClassificationFolder(tmp_path)
+    assert "\n" not in str(e.value) and "class_names.txt" in str(e.value)
+
+
+def test_classification_view_is_antialiased_resize_then_centre_crop():
+    import torch
+    import torch.nn.functional as F
+
+    from cocu_core.evaluation.classification import center_crop_input
+
+    noise = np.random.default_rng(1).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    x = center_crop_input(noise, 224, 0.875, torch.device("cpu"))
+    assert x.shape == (1, 3, 224, 224)
+    # short side 600 -> 256 (Resize(256)): a shrink by 2.3, averaged over the pixels it covers, not sampled
+    aliased = F.interpolate(torch.from_numpy(noise).permute(2, 0, 1)[None].float(), size=(256, 341), mode="bilinear")
+    assert x.std() < 0.5 * (aliased / 255 / 0.226).std()
 
 
 # -------------------------------------------------------------------------------- missing folders
@@ -341,7 +375,12 @@ def test_missing_or_empty_folder_shows_expected_layout(tmp_path, name):
 
 
 def test_registry_matches_config_and_templates():
+    from cocu_core.config import BACKGROUND_DATASETS
+    from cocu_core.evaluation.datasets import SETTINGS
+
     assert tuple(DATASETS) == EVAL_DATASETS
+    # the config's list (which refuses one threshold for several of them) is the datasets with a background threshold
+    assert set(BACKGROUND_DATASETS) == {d for d, s in SETTINGS.items() if s.bg_thresh is not None}
     with pytest.raises(ValueError, match="unknown dataset"):
         get_dataset("pascal", "/tmp")
     assert len(FULL_80) == len(set(FULL_80)) == 80 and len(SUBSET_7) == 7 and SIMPLE == ("a photo of a {}.",)

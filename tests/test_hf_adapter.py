@@ -26,11 +26,11 @@ TINY_VISION = dict(hidden_size=32, intermediate_size=64, depths=[1, 1, 1], num_h
 CAPTIONS = ["a cat", "two dogs on the grass", "a red car parked by a tree"]
 
 
-def _tiny_hf(seed: int = 0) -> GroupViTModel:
+def _tiny_hf(seed: int = 0, vision: dict = TINY_VISION) -> GroupViTModel:
     """A random tiny HF GroupViT; HF's zero group tokens / pos embed, unit norms and small weights are
     re-drawn so grouping is not degenerate (HF's init gives near-uniform assignments) and every tensor matters."""
     torch.manual_seed(seed)
-    hf = GroupViTModel(HFConfig(text_config=TINY_TEXT, vision_config=TINY_VISION, projection_dim=16,
+    hf = GroupViTModel(HFConfig(text_config=TINY_TEXT, vision_config=vision, projection_dim=16,
                                 projection_intermediate_dim=64))
     with torch.no_grad():
         for name, p in hf.named_parameters():

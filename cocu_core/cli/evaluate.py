@@ -23,7 +23,8 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", action="append", default=None, metavar="NAME",
                    help="benchmark(s) to run instead of eval.datasets (toy, voc, context, coco_object, coco_stuff, "
                         "cityscapes, ade20k, imagenet_s50, imagenet_s300)")
-    p.add_argument("--save-predictions", default=None, metavar="DIR", help="write VOC-style palette PNG predictions")
+    p.add_argument("--save-predictions", default=None, metavar="DIR", help="write the predictions as PNGs in each dataset's own label ids "
+                        "(palette PNGs; ImageNet-S: R + 256 G), scorable against its label files")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images per dataset")
     p.add_argument("--out", default=None, help="output folder (default: <workdir>/evaluate/<variant>)")
 

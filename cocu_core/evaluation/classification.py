@@ -8,18 +8,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cocu_core.compat import ensure_torchvision
 from cocu_core.evaluation.segmentation import to_model_input
 
 
 def center_crop_input(image: np.ndarray, size: int, crop_pct: float, device: torch.device) -> torch.Tensor:
-    """Why: the usual ImageNet evaluation view: short side to size / crop_pct, then the centre `size` square."""
-    h, w = image.shape[:2]
-    short = int(round(size / crop_pct))
-    s = short / min(h, w)
-    nh, nw = max(size, int(round(h * s))), max(size, int(round(w * s)))
-    x = to_model_input(image, (nh, nw), device)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[:, :, top:top + size, left:left + size]
+    """Why: GroupViT's ImageNet view: torchvision Resize(size / crop_pct) on the PIL image (bilinear, antialiased
+    when it shrinks: 256 for 224), then CenterCrop(size); aliasing a downscale costs top-1."""
+    from PIL import Image
+
+    ensure_torchvision()
+    from torchvision import transforms as T
+
+    view = T.Compose([T.Resize(int(size / crop_pct), interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(size)])
+    return to_model_input(np.asarray(view(Image.fromarray(image))), (size, size), device)
 
 
 @torch.no_grad()

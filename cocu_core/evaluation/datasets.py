@@ -14,7 +14,12 @@ settings as defaults. Label encodings on disk, and what each reader does with th
 - COCO-Stuff 164k: mmseg's ``*_labelTrainIds.png``, 0..170, 255 unlabelled.
 - Cityscapes: ``*_gtFine_labelTrainIds.png``, 0..18, 255 void.
 - ADE20K: 0 = "other" -> ignored, ids 1..150 -> 0..149 (mmseg's ``reduce_zero_label``).
-- ImageNet-S: RGB PNGs whose class id is R + 256 * G; 0 = other (background), 1000 = ignored.
+- ImageNet-S: RGB PNGs whose class id is R + 256 * G; 0 = other (background), 1000 = ignored (the
+  ignore index of the CoCu configs, for both subsets); images over 1000x1000 pixels are downsampled
+  to long side 1000 before inference (``ProtocolSettings.downsample_large``).
+
+Saved predictions (``SegDataset.save_prediction``) are written in the file's own ids, as mmseg writes
+them: reduced labels (ADE20K, the toy world) shifted back up by one, ImageNet-S as R + 256 * G.
 - Toy world (this repo's ``val`` split): see ``ToyDataset``.
 """
 
@@ -30,7 +35,8 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from cocu_core.evaluation.pictures import voc_palette
+from cocu_core.compat import ensure_torchvision
+from cocu_core.evaluation.pictures import save_palette_png, save_rgb_id_png, voc_palette
 from cocu_core.toyworld.concepts import BY_NAME
 
 IGNORE_INDEX = 255
@@ -52,6 +58,7 @@ class ProtocolSettings:
     Resize keeps the aspect ratio: the short side goes to ``resize_short`` unless the long side would
     pass ``resize_long`` (mmseg's ``Resize(img_scale=(long, short), keep_ratio=True)``); then sliding
     ``crop`` windows every ``stride`` px. ``bg_thresh`` is None where the dataset has no background class.
+    ``downsample_large``: images of more than its square in pixels first go to long side ``downsample_large``.
     """
 
     resize_long: int
@@ -59,6 +66,7 @@ class ProtocolSettings:
     crop: int
     stride: int
     bg_thresh: Optional[float]
+    downsample_large: Optional[int] = None
 
     def override(
         self,
@@ -99,8 +107,8 @@ SETTINGS: dict[str, ProtocolSettings] = {
     "voc": ProtocolSettings(**_BG_448, bg_thresh=0.95),
     "context": ProtocolSettings(**_BG_448, bg_thresh=0.35),
     "coco_object": ProtocolSettings(**_BG_448, bg_thresh=0.95),
-    "imagenet_s50": ProtocolSettings(**_BG_448, bg_thresh=0.95),
-    "imagenet_s300": ProtocolSettings(**_BG_448, bg_thresh=0.75),
+    "imagenet_s50": ProtocolSettings(**_BG_448, bg_thresh=0.95, downsample_large=1000),
+    "imagenet_s300": ProtocolSettings(**_BG_448, bg_thresh=0.75, downsample_large=1000),
     "coco_stuff": ProtocolSettings(resize_long=2048, resize_short=512, crop=224, stride=112, bg_thresh=None),
     "cityscapes": ProtocolSettings(resize_long=2048, resize_short=1024, crop=448, stride=224, bg_thresh=None),
     "ade20k": ProtocolSettings(resize_long=2048, resize_short=512, crop=224, stride=112, bg_thresh=None),
@@ -463,6 +471,7 @@ class SegDataset:
     label_to_image_size: bool = True
     label_modes: tuple[str, ...] = _SINGLE
     label_expected: str = "a single-channel PNG of class ids"
+    label_offset: int = 0  # file id = class id + label_offset (1 where the file's 0 is "other", mmseg's reduce_zero_label)
 
     def __init__(self, root: Path, items: list[_Item], class_names: Sequence[str], has_background: bool,
                  settings: ProtocolSettings, ignore_index: int = IGNORE_INDEX) -> None:
@@ -514,6 +523,22 @@ class SegDataset:
     def decode(self, raw: np.ndarray) -> np.ndarray:
         """Why: the file's values -> class ids; plain datasets store them as they are."""
         return raw.astype(np.int64)
+
+    def to_file_ids(self, pred: np.ndarray) -> np.ndarray:
+        """Why: a prediction in the ids the dataset's label files use, so it can be scored against them directly."""
+        return np.asarray(pred, np.int64) + self.label_offset
+
+    @property
+    def file_palette(self) -> np.ndarray:
+        """Why: the palette indexed by file id, each class in the colour the panels give it (file id 0 black)."""
+        pal = voc_palette(256)
+        n = min(self.n_classes, 256 - self.label_offset)
+        pal[self.label_offset:self.label_offset + n] = self.palette[:n]
+        return pal
+
+    def save_prediction(self, path: str | Path, pred: np.ndarray) -> Path:
+        """Why: `--save-predictions` writes what mmseg writes: a palette PNG of the dataset's own label ids."""
+        return save_palette_png(path, self.to_file_ids(pred), self.file_palette)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r}, n={len(self)}, classes={self.n_classes})"
@@ -669,6 +694,8 @@ class ADE20KDataset(SegDataset):
                               self.layout)
         super().__init__(base, items, ADE20K_CLASSES, False, SETTINGS["ade20k"])
 
+    label_offset = 1
+
     def decode(self, raw: np.ndarray) -> np.ndarray:
         return reduce_zero_label(raw, self.ignore_index)
 
@@ -676,8 +703,8 @@ class ADE20KDataset(SegDataset):
 class ImageNetSDataset(SegDataset):
     """ImageNet-S 50 / 300 validation: class id = R + 256 G of the label PNG, 0 = other (background).
 
-    ImageNet-S's ignored value 1000 becomes ``ignore_index``: 255 for ImageNet-S 50; for ImageNet-S 300,
-    whose ids reach 300, 255 is a class, so it keeps 1000 (its palette then has 1001 entries).
+    ImageNet-S's ignored value 1000 is the ``ignore_index`` of both subsets, as in the CoCu configs (the
+    palette then has 1001 entries); predictions are saved as ImageNet-S stores labels (R + 256 * G).
     """
 
     title = "ImageNet-S"
@@ -696,13 +723,14 @@ class ImageNetSDataset(SegDataset):
                              self.title, self.layout)
         items = _pair_folders(base, "validation", ".JPEG", "validation-segmentation", ".png", self.title, self.layout)
         names = IMAGENET_S50_CLASSES if subset == 50 else IMAGENET_S300_CLASSES
-        ignore = IGNORE_INDEX if len(names) <= IGNORE_INDEX else IMAGENET_S_IGNORE
-        super().__init__(base, items, names, True, SETTINGS[self.name], ignore_index=ignore)
+        super().__init__(base, items, names, True, SETTINGS[self.name], ignore_index=IMAGENET_S_IGNORE)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
-        ids = imagenet_s_ids(raw)
-        ids[ids == IMAGENET_S_IGNORE] = self.ignore_index
-        return ids
+        return imagenet_s_ids(raw)
+
+    def save_prediction(self, path: str | Path, pred: np.ndarray) -> Path:
+        """Why: ids reach 300, past a palette PNG: written as ImageNet-S's own labels (R = id % 256, G = id // 256)."""
+        return save_rgb_id_png(path, self.to_file_ids(pred))
 
 
 class ToyDataset(SegDataset):
@@ -737,6 +765,8 @@ class ToyDataset(SegDataset):
         settings = ProtocolSettings(resize_long=side, resize_short=side, crop=side, stride=side, bg_thresh=None)
         self.source_class_names = names
         super().__init__(base, items, names[1:], False, settings)
+
+    label_offset = 1
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
         return reduce_zero_label(raw, self.ignore_index)
@@ -785,7 +815,9 @@ class ClassificationFolder:
     under root). Class index = position of the folder in sorted order (ImageNet's convention for wnids).
 
     Class names: ``class_names.txt`` in root (or in the val folder), either one name a line aligned with
-    the sorted folders, or ``<folder><TAB><name>`` lines; without it, the folder names themselves.
+    the sorted folders, or ``<folder><TAB><name>`` lines; without it, folders named by ImageNet-1k WordNet
+    ids (``n01440764``) get CLIP's curated names (``open_clip.IMAGENET_CLASSNAMES``, GroupViT's
+    ``imagenet_classes``), matched through timm's list of the 1000 wnids in ImageNet's (sorted) order.
     """
 
     title = "classification folder"
@@ -811,7 +843,7 @@ class ClassificationFolder:
     def _names(self, base: Path, top: Path, folders: list[str]) -> list[str]:
         path = next((p for p in (base / "class_names.txt", top / "class_names.txt") if p.is_file()), None)
         if path is None:
-            return list(folders)
+            return imagenet_names(folders, top)
         lines = [ln.rstrip("\n") for ln in path.read_text().splitlines() if ln.strip()]
         if lines and all("\t" in ln for ln in lines):
             mapping = dict(ln.split("\t", 1) for ln in lines)
@@ -830,6 +862,32 @@ class ClassificationFolder:
     def __getitem__(self, i: int) -> ClsSample:
         sid, path, label = self.items[i]
         return ClsSample(sid, _read_image(path), label)
+
+
+def imagenet_1k_names() -> dict[str, str]:
+    """Why: prompting with WordNet ids scores near chance; GroupViT prompts with CLIP's 1000 curated names,
+    which are in the order of ImageNet-1k's sorted wnids (the class index), so the two lists zip."""
+    ensure_torchvision()  # open_clip and timm import torchvision
+    import open_clip
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    wnids = [info.index_to_label_name(i) for i in range(info.num_classes())]
+    names = list(open_clip.IMAGENET_CLASSNAMES)
+    if len(wnids) != len(names) or wnids != sorted(wnids):
+        raise RuntimeError(f"timm's ImageNet wnids ({len(wnids)}) and open_clip's names ({len(names)}) do not align")
+    return dict(zip(wnids, names))
+
+
+def imagenet_names(folders: Sequence[str], top: Path) -> list[str]:
+    """Why: folders named by ImageNet-1k wnids get CLIP's names; any other folder needs a class_names.txt."""
+    known = imagenet_1k_names()
+    bad = [f for f in folders if f not in known]
+    if bad:
+        raise DatasetFileError(f"{top}: class folder(s) {bad[:3]}{' ...' if len(bad) > 3 else ''} are not ImageNet-1k "
+                               "WordNet ids (n01440764 style); add a class_names.txt (one name a line, in sorted folder "
+                               "order, or '<folder>\t<name>' lines)")
+    return [known[f] for f in folders]
 
 
 class ToyClassification:

@@ -62,6 +62,18 @@ def save_palette_png(path: str | Path, label_map: np.ndarray, palette: Optional[
     return Path(path)
 
 
+def save_rgb_id_png(path: str | Path, label_map: np.ndarray) -> Path:
+    """Why: ids past 255 (ImageNet-S 300) saved as ImageNet-S stores its labels: R = id % 256, G = id // 256, B = 0."""
+    arr = _check_label_map(label_map, "label_map")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= 1 << 16):
+        raise ValueError(f"an R + 256 * G PNG holds ids 0..65535; {path} would get ids {int(arr.min())}..{int(arr.max())}")
+    rgb = np.stack([arr % 256, arr // 256, np.zeros_like(arr)], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
+
+
 def colorize(label_map: np.ndarray, palette: np.ndarray, ignore_index: Optional[int] = 255) -> np.ndarray:
     """Why: an RGB picture of a label map; ignored pixels white so they never read as a class."""
     arr = _check_label_map(label_map, "label map")

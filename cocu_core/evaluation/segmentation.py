@@ -5,9 +5,11 @@ the window, one-hot of the argmax group; the final groups through the image proj
 scored against the class embeddings; `pre = softmax(groups @ classes.T * scale)`; only the top
 min(k, n_fg) classes of the pooled image embedding survive a second softmax, multiplied by `pre`;
 pixel logits = one-hot assignment @ affinity; background (datasets whose class 0 is background) is
-a constant logit min(bg_thresh, max affinity). Images are resized keeping their ratio and covered by
-sliding windows whose logits are averaged where they overlap (mmseg `slide_inference`), then
-resized back to the label's size.
+GV's indicator: 1 where the pixel's best foreground score is below min(bg_thresh, max affinity), 0
+elsewhere, per window. Images are resized keeping their ratio and covered by sliding windows whose
+logits are averaged where they overlap (mmseg `slide_inference`), then resized back to the label's
+size. ImageNet-S (the CoCu configs): an image over 1000x1000 pixels is first downsampled to long side
+1000, the argmax taken at that size, and the label map resized (nearest) to the ground truth.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class SegSettings:
     bg_thresh: Optional[float]  # None: the dataset has no background class
     top_k: int = 5
     window_batch: int = 16
+    downsample_large: Optional[int] = None  # ImageNet-S: images over this squared (pixels) go to long side this
 
 
 @torch.no_grad()
@@ -99,12 +102,17 @@ def window_logits(model, windows: torch.Tensor, classes: torch.Tensor, settings:
     aff = aff.masked_fill(~keep[:, None, :], float("-inf")).softmax(-1) * pre
     logits = torch.einsum("bghw,bgn->bnhw", onehot, aff)
     if settings.bg_thresh is not None:
-        bg = torch.minimum(torch.full((aff.shape[0],), settings.bg_thresh, device=aff.device),
-                           aff.flatten(1).max(1).values)
-        logits = torch.cat([bg.view(-1, 1, 1, 1).expand(-1, 1, *size), logits], dim=1)
+        logits = torch.cat([background_indicator(logits, aff, settings.bg_thresh), logits], dim=1)
     if return_soft:
         return logits, soft, aff
     return logits
+
+
+def background_indicator(fg: torch.Tensor, aff: torch.Tensor, bg_thresh: float) -> torch.Tensor:
+    """Why: GV's background channel (B, 1, h, w): 1 where a pixel's best foreground score is below
+    t = min(bg_thresh, max affinity) of its window, else 0, so the best group keeps its class even when t < bg_thresh."""
+    t = aff.flatten(1).max(1).values.clamp(max=bg_thresh)  # (B,), one threshold per window
+    return (fg.max(1, keepdim=True).values < t.view(-1, 1, 1, 1)).to(fg.dtype)
 
 
 @torch.no_grad()
@@ -161,8 +169,25 @@ def predict(model, image: np.ndarray, classes: torch.Tensor, settings: SegSettin
             out_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """Why: the label map (H, W) of one image at its label's size, as the protocol computes it."""
     device = classes.device
-    h, w = image.shape[:2]
-    x = to_model_input(image, rescale_size(h, w, settings.resize_long, settings.resize_short), device)
+    out_size = tuple(out_size or image.shape[:2])
+    small = downsample_large_image(image, settings.downsample_large)
+    h, w = small.shape[:2]
+    x = to_model_input(small, rescale_size(h, w, settings.resize_long, settings.resize_short), device)
     logits = slide_logits(model, x, classes, settings)
-    logits = F.interpolate(logits[None], size=out_size or (h, w), mode="bilinear", align_corners=False)[0]
-    return logits.argmax(0)
+    if small is image:
+        logits = F.interpolate(logits[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        return logits.argmax(0)
+    pred = F.interpolate(logits[None], size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
+    return F.interpolate(pred[None, None].float(), size=out_size, mode="nearest")[0, 0].long()
+
+
+def downsample_large_image(image: np.ndarray, side: Optional[int]) -> np.ndarray:
+    """Why: ImageNet-S's loader (CoCu's LoadImageNetSImageFromFile): an image of more than side**2 pixels goes to
+    long side `side` (bilinear, uint8 as mmcv.imresize returns) before anything else; others are returned as they are."""
+    h, w = image.shape[:2]
+    if side is None or h * w <= side ** 2:
+        return image
+    size = (side, int(side * w / h)) if h > w else (int(side * h / w), side)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -17,7 +17,7 @@ import torch
 
 from cocu_core.config import PipelineConfig
 from cocu_core.evaluation.datasets import ClassificationFolder, ToyClassification
-from cocu_core.evaluation.pictures import panel_png, save_palette_png
+from cocu_core.evaluation.pictures import panel_png
 from cocu_core.evaluation.roots import dataset_root
 from cocu_core.templates import get_templates
 
@@ -27,10 +27,19 @@ def settings_for(cfg: PipelineConfig, ds):
     from cocu_core.evaluation.segmentation import SegSettings
 
     d, e = ds.settings, cfg.eval
-    bg = None if not ds.has_background else (e.bg_threshold if e.bg_threshold is not None else d.bg_thresh)
     return SegSettings(resize_long=e.resize_long or d.resize_long, resize_short=e.resize_short or d.resize_short,
-                       crop=e.crop or d.crop, stride=e.stride or d.stride, bg_thresh=bg, top_k=e.top_k_classes,
-                       window_batch=e.window_batch)
+                       crop=e.crop or d.crop, stride=e.stride or d.stride, bg_thresh=bg_threshold_for(cfg, ds),
+                       top_k=e.top_k_classes, window_batch=e.window_batch, downsample_large=d.downsample_large)
+
+
+def bg_threshold_for(cfg: PipelineConfig, ds) -> Optional[float]:
+    """Why: eval.bg_threshold is per dataset (a mapping) or one number for the single background dataset evaluated."""
+    if not ds.has_background:
+        return None
+    t = cfg.eval.bg_threshold
+    if isinstance(t, dict):
+        return float(t.get(ds.name, ds.settings.bg_thresh))
+    return ds.settings.bg_thresh if t is None else float(t)
 
 
 def class_lists(ds) -> list[str]:
@@ -70,8 +79,7 @@ def evaluate_segmentation(model, ds, cfg: PipelineConfig, device: torch.device, 
         pred = predict(model, s.image, classes, settings, out_size=tuple(s.label.shape))
         cm.update(pred, torch.from_numpy(s.label).to(device))
         if save_predictions is not None:
-            save_palette_png(save_predictions / ds.name / f"{s.id}.png", pred.cpu().numpy().astype(np.uint8),
-                             ds.palette)
+            ds.save_prediction(save_predictions / ds.name / f"{s.id}.png", pred.cpu().numpy())
         if out_dir is not None and len(panels) < cfg.eval.panels:
             panels.append(_panel(model, s, pred, classes, settings, ds, out_dir, missing or {}))
     dt = time.time() - t0

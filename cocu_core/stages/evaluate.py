@@ -30,7 +30,7 @@ from cocu_core.layout import stage_dir
 from cocu_core.stages.base import DONE, Context, Report, Stage, StageStatus, compare
 from cocu_core.stages.train import train_dir_for
 
-VERSION = 1
+VERSION = 2  # 2: GroupViT's background indicator, ImageNet-S large images, CLIP ImageNet names
 
 
 RUNTIME_FIELDS = {"eval.device", "eval.window_batch", "eval.save_predictions", "eval.checkpoint"}
