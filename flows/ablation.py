@@ -25,6 +25,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cocu_core.config import PipelineConfig, config_from_dict
+from cocu_core.layout import run_state_path
 from cocu_core.runtime import limit_threads
 from cocu_core.stages import applicable_stages
 from cocu_core.stages.train import train_probe
@@ -116,7 +117,7 @@ def cocu_ablation(config_path: str = "configs/toy.yaml", overrides: Optional[lis
     t_report = time.time()
     rep = ablation_report_task(cfg, runs, unavailable, state.threads_alone)
     RUN_STATE["stage"] = None
-    (cfg.workpath / "run_state.json").unlink(missing_ok=True)
+    run_state_path(cfg).unlink(missing_ok=True)
     elapsed = time.time() - t_start
     computed = sum(not r["cached"] for r in runs)
     summary = (f"cocu_ablation '{cfg.name}' finished in {elapsed:.1f}s (upstream {t_runs - t_start:.1f}s, runs "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cocu_core import cli as core_cli
 from cocu_core.cli import add_config_args, command, load_config_args
+from cocu_core.layout import run_state_path
 
 FORCE_AFTER_S = 60  # a flow that has not stopped this long after Ctrl-C is killed with its whole tree
 
@@ -38,7 +39,7 @@ def flow_command(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
-def _stop(proc: subprocess.Popen, config: str, workpath: Path, interrupted_line=None) -> int:
+def _stop(proc: subprocess.Popen, config: str, state_file: Path, interrupted_line=None) -> int:
     """Why: first Ctrl-C: ask the flow to stop (it records the interrupted stage and says so); a second
     Ctrl-C, or no exit within FORCE_AFTER_S, kills the flow's whole process tree."""
     import json
@@ -55,7 +56,7 @@ def _stop(proc: subprocess.Popen, config: str, workpath: Path, interrupted_line=
         kill_group(proc.pid)
         proc.wait()
     try:
-        stage = json.loads((workpath / "run_state.json").read_text()).get("stage")
+        stage = json.loads(state_file.read_text()).get("stage")
     except (OSError, ValueError):
         stage = None
     print(interrupted_line(stage, config) + " (stopped by force)", file=sys.stderr, flush=True)
@@ -74,10 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config_args(args)
     if "download" in select_stages(cfg, args.only, args.from_stage):  # mistakes: one line, before Prefect starts
         preflight(cfg)
-    return run_flow_process(flow_command(args), args.config, cfg.workpath)
+    return run_flow_process(flow_command(args), args.config, run_state_path(cfg))
 
 
-def run_flow_process(cmd: list[str], config: str, workpath: Path, interrupted_line=None) -> int:
+def run_flow_process(cmd: list[str], config: str, state_file: Path, interrupted_line=None) -> int:
     """Why: a flow runs in a child process of its own session, so one Ctrl-C stops it cleanly (see flows/run.py)."""
     from cocu_core.proc import tree_env
 
@@ -91,7 +92,7 @@ def run_flow_process(cmd: list[str], config: str, workpath: Path, interrupted_li
         rc = proc.wait()
         return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
     except KeyboardInterrupt:
-        return _stop(proc, config, workpath, interrupted_line)
+        return _stop(proc, config, state_file, interrupted_line)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
@@ -155,7 +156,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "flows.ablation", "--config", str(Path(args.config).resolve())]
     for item in args.set:
         cmd += ["--set", item]
-    return run_flow_process(cmd, args.config, cfg.workpath, _ablation_interrupted)
+    return run_flow_process(cmd, args.config, run_state_path(cfg), _ablation_interrupted)
 
 
 def _ablation_interrupted(stage: str | None, config: str) -> str:

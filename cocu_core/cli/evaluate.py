@@ -10,6 +10,7 @@ from cocu_core.compat import ensure_torchvision
 from cocu_core.evaluation.datasets import DatasetLayoutError
 from cocu_core.evaluation.report import format_table
 from cocu_core.evaluation.roots import EvaluationError
+from cocu_core.layout import stage_dir
 from cocu_core.stages.evaluate import evaluate_stage
 
 
@@ -49,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if args.out:
                 out = Path(args.out) / ("random-init" if rnd else Path(ck or "default").stem)
             elif ck:
-                out = cfg.workpath / "evaluate" / f"checkpoint-{Path(ck).resolve().parent.name}-{Path(ck).stem}"
+                out = stage_dir(cfg, "evaluate", f"checkpoint-{Path(ck).resolve().parent.name}-{Path(ck).stem}")
             rep = evaluate_stage(cfg, ck, out_dir=out, random_init=rnd)
             rows[rep["label"]] = {d: r["mIoU"] for d, r in rep["segmentation"].items()}
             outputs.append((rep, rnd))

@@ -46,13 +46,13 @@ import pyarrow.parquet as pq
 import torch
 
 import cocu_core.compat
-from cocu_core.config import TRAIN_VARIANTS, CurationConfig, TrainConfig
+from cocu_core.config import CURATION_VARIANTS, TRAIN_VARIANTS, CurationConfig, TrainConfig
 from cocu_core.io import parquet_metadata, parquet_schema_version, write_parquet_atomic
 from cocu_core.templates import get_templates
 from cocu_core.train.nouns import caption_nouns
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-ARCHIVE_VARIANTS = ("v1", "v2", "v3", "cocu")
+ARCHIVE_VARIANTS = tuple(v for v in CURATION_VARIANTS if v != "baseline")  # the curated variants with archives
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _ORDER_STREAM = 0x0D0E  # separates the epoch-order seed from per-sample seeds

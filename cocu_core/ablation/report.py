@@ -1,22 +1,5 @@
-"""The paper's Table 3 in miniature: GroupViT trained per arm and seed on the toy world, evaluated on toy val.
-
-Every arm (caption nouns, variants #1-#3, full CoCu, the authors' top-k release, the ground-truth oracle)
-trains with the same budget (``ablation.epochs``), the same seeds and so the same initialisation and data
-order; only the text inputs of the multi-label loss differ. Layout of the output folder
-(``<workdir>/<ablation.out>``)::
-
-    runs/<arm>/seed<k>/train/     the train stage's folder (checkpoints, final.pt, loss_curve.csv, manifest)
-    runs/<arm>/seed<k>/evaluate/  the evaluate stage's folder (results.json, table.md, manifest)
-    table.md, table.json          per arm: mean and std over seeds of mIoU, stuff/thing mIoU, zero-shot top-1
-    loss_curves.png               training loss of the `ablation.map_arms` arms (the paper's Figure 3a)
-    maps/<image>.png              missing-concept activation maps, one row per map arm (the paper's Figure 4)
-    training_signal/              per arm: ground-truth concepts reached by its prompts, wrong prompts (first seed)
-    report.md                     all of the above, images linked (inlined in the Prefect artifact)
-    manifest.json                 the runs' cache keys and the ablation fields (written last)
-
-Each run is the pipeline's own train and evaluate stage, cached by their manifests: a rerun skips
-finished runs and resumes an interrupted one from its last step checkpoint.
-"""
+"""The ablation's report: per-arm metrics aggregated over seeds (Table 3), the loss curves (Figure 3a), the
+missing-concept maps (Figure 4), the training-signal section and the markdown that holds them."""
 
 from __future__ import annotations
 
@@ -30,102 +13,24 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from cocu_core.config import TRAIN_VARIANTS, ConfigError, PipelineConfig, config_from_dict, fingerprint
+from cocu_core.config import PipelineConfig
 from cocu_core.evaluation.datasets import get_dataset
 from cocu_core.evaluation.roots import dataset_root
 from cocu_core.evaluation.training_signal import format_training_signal
-from cocu_core.io import (read_json, read_manifest, stage_is_current, write_bytes_atomic, write_json_atomic,
-                          write_manifest)
+from cocu_core.io import (write_bytes_atomic)
 from cocu_core.plot import save_line_plot
-from cocu_core.stages.evaluate import evaluate_stage
 from cocu_core.stages.semantic_gap import training_signal_stage
-from cocu_core.stages.train import ARCHIVE_FOR, train_stage
 from cocu_core.templates import get_templates
 from cocu_core.toyworld.concepts import CONCEPTS
 
-ABLATION_VERSION = 1
+from cocu_core.ablation.plan import ARM_LABELS, arm_config, run_dir
+from cocu_core.layout import toy_split
+
+
 METRICS = (("mIoU", "mIoU"), ("stuff_mIoU", "stuff mIoU"), ("thing_mIoU", "thing mIoU"), ("top1", "zero-shot top-1"))
-ARM_LABELS = {
-    "baseline": "baseline: caption nouns (GroupViT)",
-    "v1": "#1 language-driven + naive ranking + naive sampling",
-    "v2": "#2 vision-driven + naive ranking + naive sampling",
-    "v3": "#3 vision-driven + T2V ranking + naive sampling",
-    "cocu": "#4 CoCu: vision-driven + T2V ranking + cluster sampling",
-    "topk-release": "authors' release: top-3 CoCu concepts, no sampling",
-    "oracle": "oracle: the image's ground-truth concepts",
-}
+
+
 MIN_MAP_AREA = 0.05  # a missing concept drawn in Figure 4 covers at least this fraction of the image
-
-
-class AblationError(FileNotFoundError):
-    """An input of the ablation is missing (a variant's archives, the toy world); the message says how to make it."""
-
-
-def ablation_dir(cfg: PipelineConfig, out_dir: Optional[str | Path] = None) -> Path:
-    """Why: one folder holds every run and the report, beside (never inside) the pipeline's own train folders."""
-    return Path(out_dir) if out_dir else cfg.workpath / cfg.ablation.out
-
-
-def run_dir(out: Path, arm: str, seed: int) -> Path:
-    """Why: each (arm, seed) run has its own train and evaluate folders, so no run overwrites another."""
-    return out / "runs" / arm / f"seed{seed}"
-
-
-def arm_config(cfg: PipelineConfig, seed: int) -> PipelineConfig:
-    """Why: every arm gets the same derived config (budget, seed, device); only the train variant differs.
-
-    Evaluation panels are off in the runs: the ablation draws its own maps, baseline beside CoCu."""
-    data = cfg.model_dump(mode="json")
-    data["train"].update(seed=seed, epochs=cfg.ablation.epochs, device=cfg.ablation.device)
-    data["eval"].update(device=cfg.ablation.device, panels=0, save_predictions=None, checkpoint=None)
-    if "toy" not in data["eval"]["datasets"]:
-        data["eval"]["datasets"] = ["toy"] + list(data["eval"]["datasets"])
-    return config_from_dict(data, "<ablation>")
-
-
-def split_arms(arms: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """Why: an arm the installed trainer does not know yet (e.g. `oracle`) is reported as not available, not fatal."""
-    ok = [a for a in arms if a in TRAIN_VARIANTS]
-    missing = {a: f"train variant '{a}' is not available in this installation (cocu_core.config.TRAIN_VARIANTS)"
-               for a in arms if a not in TRAIN_VARIANTS}
-    return ok, missing
-
-
-def needed_curations(arms: Sequence[str]) -> list[str]:
-    """Why: the curation variants whose archives the arms read (the oracle builds its own from ground truth)."""
-    out: list[str] = []
-    for a in arms:
-        v = ARCHIVE_FOR.get(a) if a != "oracle" else None
-        if v and v not in out:
-            out.append(v)
-    return out
-
-
-def check_inputs(cfg: PipelineConfig, arms: Sequence[str], config_name: str = "CONFIG") -> None:
-    """Why: a missing input is one line naming the folder and the command that makes it, before any training."""
-    if cfg.data.source != "toyworld":
-        raise ConfigError("the ablation needs the toy world's ground truth (stuff/thing classes, missing concepts, "
-                          f"oracle prompts); config '{cfg.name}' has data.source '{cfg.data.source}'")
-    val = cfg.workpath / "toyworld" / "val"
-    if not (val / "pairs.parquet").is_file():
-        raise AblationError(f"no toy world val split in {val}; make it with: cocu run -c {config_name} "
-                            "(or `cocu ablation -c ...`, which runs every stage it needs)")
-    if not read_manifest(cfg.workpath / "download"):
-        raise AblationError(f"no finished download in {cfg.workpath / 'download'}; make it with: cocu run -c "
-                            f"{config_name} --only download (or `cocu ablation -c ...`)")
-    for v in needed_curations(arms):
-        d = cfg.workpath / "curate" / v
-        shards = sorted(d.glob("shard_*")) if d.is_dir() else []
-        if not shards or not all(read_manifest(s) for s in shards):
-            users = [a for a in arms if a in needed_for(v)]
-            raise AblationError(f"arm(s) {', '.join(users)} need the '{v}' concept archives in {d}; make them with: "
-                                f"cocu run -c {config_name} --set curation.variant={v} (or `cocu ablation -c ...`, "
-                                "which curates every variant the arms need)")
-
-
-def needed_for(variant: str) -> list[str]:
-    """Why: the arms that read one curation variant's archives, named when those archives are missing."""
-    return [a for a, v in ARCHIVE_FOR.items() if v == variant and a != "oracle"]
 
 
 def class_kinds() -> dict[str, str]:
@@ -291,7 +196,7 @@ def missing_concept_maps(cfg: PipelineConfig, out: Path, arms: Sequence[str], se
 def _val_captions(cfg: PipelineConfig) -> dict[str, str]:
     import pyarrow.parquet as pq
 
-    p = cfg.workpath / "toyworld" / "val" / "pairs.parquet"
+    p = toy_split(cfg, "val") / "pairs.parquet"
     return {r["key"]: r["caption"] for r in pq.read_table(p, columns=["key", "caption"]).to_pylist()}
 
 
@@ -371,73 +276,3 @@ def report_markdown(cfg: PipelineConfig, out: Path, table: str, agg: dict[str, d
                   _png_md(Path(f["path"]), f["image"], out), ""]
     lines += [f"Runs and per-run evaluations: `{out / 'runs'}`."]
     return "\n".join(lines) + "\n"
-
-
-def ablation_fields(cfg: PipelineConfig) -> dict[str, Any]:
-    """Why: the settings the report depends on besides the runs themselves."""
-    return cfg.fields_for(["ablation", "eval.templates"])
-
-
-def ablation_report(cfg: PipelineConfig, runs: Sequence[dict[str, Any]], unavailable: dict[str, str],
-                    out_dir: Optional[str | Path] = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Why: table, plots, maps and report from finished runs; cached by the runs' cache keys."""
-    out = ablation_dir(cfg, out_dir)
-    a = cfg.ablation
-    inputs = fingerprint({"runs": sorted((r["arm"], r["seed"], r["train_key"], r["eval_key"]) for r in runs),
-                          "unavailable": sorted(unavailable), "version": ABLATION_VERSION})
-    fields = ablation_fields(cfg)
-    public_runs = [{k: v for k, v in r.items() if not k.endswith("_key")} for r in runs]
-    if stage_is_current(out, inputs, fields) and (out / "table.json").is_file():
-        return {**read_json(out / "table.json"), "runs": public_runs, "cached": True, "dir": str(out)}
-    (out / "manifest.json").unlink(missing_ok=True)
-    arms = [x for x in a.arms if x not in unavailable]
-    agg = aggregate(runs, arms)
-    table = table_markdown(agg, unavailable)
-    curve = loss_plot(out, [x for x in a.map_arms if x in arms], a.seeds, out / "loss_curves.png")
-    figures = missing_concept_maps(cfg, out, [x for x in a.map_arms if x in arms], a.seeds[0], a.map_images, log)
-    signal = training_signal_section(cfg, out, arms, a.seeds[0])
-    result = {"arms": agg, "runs": public_runs,
-              "unavailable": unavailable, "table": table, "loss_plot": str(curve) if curve else None,
-              "maps": list(figures), "training_signal": signal[0] or signal[1], "epochs": a.epochs, "seeds": a.seeds,
-              "model": cfg.train.model}
-    write_json_atomic(out / "table.json", result)
-    write_bytes_atomic(out / "table.md", (table + "\n").encode())
-    write_bytes_atomic(out / "report.md", report_markdown(cfg, out, table, agg, curve, figures, signal).encode())
-    write_manifest(out, "ablation", inputs, fields, {"runs": len(runs), "arms": len(agg)},
-                   {"unavailable": unavailable})
-    log(f"ablation: report in {out / 'report.md'}")
-    return {**result, "cached": False, "dir": str(out)}
-
-
-def run_arm(cfg: PipelineConfig, arm: str, seed: int, out_dir: Optional[str | Path] = None,
-            log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
-    """Why: one (arm, seed) run through the pipeline's own train and evaluate stages (each cached, resumable)."""
-    d = run_dir(ablation_dir(cfg, out_dir), arm, seed)
-    c = arm_config(cfg, seed)
-    tr = train_stage(c, variant=arm, out_dir=d / "train", log=log, progress=progress)
-    ev = evaluate_stage(c, checkpoint=d / "train" / "final.pt", out_dir=d / "evaluate", log=log, progress=progress,
-                        label=f"{arm} seed {seed}")
-    row = {"arm": arm, "seed": seed, **run_metrics(ev), "steps": tr.get("steps"),
-           "train_seconds": tr.get("seconds"), "last_loss": tr.get("last_loss"),
-           "cached": bool(tr.get("cached") and ev.get("cached")),
-           "train_key": (read_manifest(d / "train") or {}).get("cache_key"),
-           "eval_key": (read_manifest(d / "evaluate") or {}).get("cache_key")}
-    log(f"ablation: {arm} seed {seed}: mIoU {row['mIoU']:.2f}, stuff {row['stuff_mIoU'] or 0:.2f}, "
-        f"thing {row['thing_mIoU'] or 0:.2f}, top-1 {row['top1'] or 0:.1f}" + (" (cached)" if row["cached"] else ""))
-    return row
-
-
-def ablation_stage(cfg: PipelineConfig, out_dir: Optional[str | Path] = None, log: Callable[[str], None] = print,
-                   progress: bool = True, config_name: str = "CONFIG") -> dict[str, Any]:
-    """Why: every arm x seed trained and evaluated (finished runs reused), then the table, plots, maps and report."""
-    from tqdm import tqdm
-
-    arms, unavailable = split_arms(cfg.ablation.arms)
-    for arm, why in unavailable.items():
-        log(f"ablation: arm '{arm}' skipped: {why}")
-    check_inputs(cfg, arms, config_name)
-    plan = [(arm, seed) for seed in cfg.ablation.seeds for arm in arms]
-    runs = []
-    for arm, seed in tqdm(plan, desc="ablation", unit="run", disable=not progress):
-        runs.append(run_arm(cfg, arm, seed, out_dir, log, progress))
-    return ablation_report(cfg, runs, unavailable, out_dir, log)
