@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cocu_core.concepts.text import is_physical_noun, normalise, singular, tokenize, wordnet
+from cocu_core.errors import CocuError
 from cocu_core.io import parquet_schema_version, write_parquet_atomic
 
 VOCAB_SCHEMA = pa.schema(
@@ -35,7 +36,7 @@ FRAMING_NOUNS = frozenset(
 )
 
 
-class VocabularyError(ValueError):
+class VocabularyError(ValueError, CocuError):
     """A vocabulary file this code cannot read (wrong schema version or columns)."""
 
 

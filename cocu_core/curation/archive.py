@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from cocu_core import __version__
 from cocu_core.config import CurationConfig
+from cocu_core.errors import CocuError
 from cocu_core.io import parquet_metadata, parquet_schema_version, write_parquet_atomic
 
 ARCHIVE_VERSION = 1
@@ -36,7 +37,7 @@ ARCHIVE_SCHEMA = pa.schema(
 )
 
 
-class ArchiveError(ValueError):
+class ArchiveError(ValueError, CocuError):
     """An archive this code cannot read, or a key it does not hold."""
 
 

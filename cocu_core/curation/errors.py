@@ -15,10 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cocu_core.errors import CocuError
+
 _CHUNK = 65536
 
 
-class CurationInputError(ValueError):
+class CurationInputError(ValueError, CocuError):
     """Bad curation input; the message names the offending sample keys."""
 
 

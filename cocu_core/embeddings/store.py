@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cocu_core import __version__
+from cocu_core.errors import CocuError
 from cocu_core.io import SCHEMA_VERSION_KEY, atomic_path, read_manifest
 
 METADATA_SCHEMA = pa.schema(
@@ -30,7 +31,7 @@ METADATA_SCHEMA = pa.schema(
 ARRAYS = {"image": "img_emb.npy", "caption": "text_emb.npy"}
 
 
-class EmbeddingFileError(ValueError):
+class EmbeddingFileError(ValueError, CocuError):
     """An embedding or metadata file that is truncated, misaligned or inconsistent; the message names it."""
 
 

@@ -17,13 +17,14 @@ from typing import Any, Optional
 import numpy as np
 
 from cocu_core.config import IndexConfig
+from cocu_core.errors import CocuError
 from cocu_core.io import atomic_path, read_json, read_manifest
 
 INDEXES = {"image": "img_emb.npy", "caption": "text_emb.npy"}
 EXACT_CHUNK = 1 << 17  # rows per block of the exact search that recall is measured against
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(ValueError, CocuError):
     """An index that does not belong to these embeddings (another encoder or corpus); the message names it."""
 
 

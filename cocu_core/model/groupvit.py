@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cocu_core.errors import CocuError
 from cocu_core.model.layers import ACTIVATIONS
 from cocu_core.model.text import TextTransformer, tokenize
 from cocu_core.model.vision import AssignAttention, VisionTransformer
@@ -23,7 +24,7 @@ from cocu_core.model.vision import AssignAttention, VisionTransformer
 LOGIT_SCALE_MAX = 100.0
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ValueError, CocuError):
     """A GroupViT config that cannot build a model; the message names the field."""
 
 

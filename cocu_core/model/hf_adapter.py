@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from cocu_core.compat import ensure_torchvision
+from cocu_core.errors import CocuError
 from cocu_core.io import write_bytes_atomic, write_json_atomic
 from cocu_core.model.groupvit import GroupViT, GroupViTConfig, ModelConfigError
 from cocu_core.model.layers import ACTIVATIONS
@@ -34,7 +35,7 @@ _EXTRA_ML_SCALE = "cocu_multi_label_logit_scale"
 _KEEP_FROM_EXTRA = ("name", "drop_path_rate", "gumbel_tau", "gumbel")  # fields HF has no slot for
 
 
-class HFGroupViTError(ValueError):
+class HFGroupViTError(ValueError, CocuError):
     """A folder or config that is not a loadable Hugging Face GroupViT; the message names the file."""
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from cocu_core.errors import CocuError
+
 ConfigFactory = Callable[[], Any]  # returns a GroupViTConfig
 _REGISTRY: dict[str, ConfigFactory] = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(ValueError, CocuError):
     """A model name that is not registered; the message lists the registered ones."""
 
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from cocu_core.errors import CocuError
 from cocu_core.io import atomic_path
 
 FORMAT = "cocu-groupvit"
@@ -24,7 +25,7 @@ CHECKPOINT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d{8})\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, CocuError):
     """A checkpoint that cannot be used here: unreadable, another format, or another model config."""
 
 

@@ -47,6 +47,7 @@ import torch
 
 import cocu_core.compat
 from cocu_core.config import CURATION_VARIANTS, TRAIN_VARIANTS, CurationConfig, TrainConfig
+from cocu_core.errors import CocuError
 from cocu_core.io import parquet_metadata, parquet_schema_version, write_parquet_atomic
 from cocu_core.templates import get_templates
 from cocu_core.train.nouns import caption_nouns
@@ -64,7 +65,7 @@ INDEX_SCHEMA = pa.schema([
 ])
 
 
-class TrainDataError(ValueError):
+class TrainDataError(ValueError, CocuError):
     """Training inputs that cannot be used: the message names the folder or file and what was expected."""
 
 

@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from cocu_core.errors import CocuError
+
 # ---------------------------------------------------------------------------------------------
 # File reading
 
@@ -30,11 +32,11 @@ IGNORE_INDEX = 255
 IMAGENET_S_IGNORE = 1000  # ImageNet-S's own "ignored part" value
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(FileNotFoundError, CocuError):
     """A dataset folder is missing or not in its standard layout; the message shows the expected one."""
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(ValueError, CocuError):
     """One file of a dataset cannot be used (unreadable, wrong encoding, image/label size mismatch)."""
 
 
