@@ -32,7 +32,7 @@ from cocu_core.stages.download import preflight  # noqa: F401  (re-exported: che
 STAGE_SPECS: tuple[Stage, ...] = tuple(m.STAGE for m in (toyworld, download, encoder, embed, index, vocabulary,
                                                           concepts, curate, semantic_gap, train, evaluate))
 STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_SPECS)  # the run order
-NAMES = STAGES
+NAMES = STAGES  # the registry's names, as timm's list_models()
 _BY_NAME = {s.name: s for s in STAGE_SPECS}
 
 
@@ -48,6 +48,8 @@ def get(name: str) -> Stage:
 def applicable_stages(cfg: PipelineConfig) -> list[str]:
     """Why: the toy world and its gap report exist only for `data.source: toyworld`."""
     return [s.name for s in STAGE_SPECS if not (s.toy_only and cfg.data.source != "toyworld")]
+
+
 def check_stage_name(name: str, option: str = "stage") -> str:
     """Why: a misspelt stage is one clear line listing the valid names, before anything runs."""
     key = name.strip().replace("-", "_")
