@@ -17,12 +17,14 @@ from cocu_core.encoder.toy_model import TOY_MODEL
 from cocu_core.encoder.train import embed_images, holdout_split, load_web_pairs
 from cocu_core.layout import stage_dir, toy_split
 from cocu_core.stages.base import Context
+
+TOY_WORKERS = 2  # rendering processes for the toy world (`cocu toyworld --workers`' default)
 from cocu_core.toyworld import CLASS_NAMES, read_pairs
 
 
 def ensure_toy_encoder(cfg: PipelineConfig, progress: bool = True, log=print) -> dict[str, Any]:
     """Why: the toy encoder needs the toy world's `web` split: the pipeline's own two stages make both (cached)."""
-    ctx = Context(cfg, log=log, progress=progress)
+    ctx = Context(cfg, log=log, progress=progress, workers=TOY_WORKERS)
     stages.toyworld.run(ctx)
     return stages.encoder.run(ctx)
 
@@ -31,7 +33,7 @@ def evaluate_loaded(cfg: PipelineConfig) -> tuple[dict[str, Any], str]:
     """Why: a given (pretrained) encoder is judged on held-out toy web pairs, or on the embedded real pairs."""
     if cfg.data.source == "toyworld":
         enc = load_encoder(cfg)  # first, so missing weights fail before any work
-        stages.toyworld.run(Context(cfg))
+        stages.toyworld.run(Context(cfg, workers=TOY_WORKERS))
         paths, captions = load_web_pairs(toy_split(cfg, "web"))
         _, ho = holdout_split(len(paths), cfg.encoder.holdout, cfg.seed)
         img = embed_images(enc.model, enc.preprocess, [paths[i] for i in ho])
