@@ -79,7 +79,9 @@ CURATION = ("concepts", "curate", "semantic_gap")  # run as one block: they shar
 def curate_all(run: StageRun, prep: Prepared) -> list[dict]:
     """Why: one task per shard, `runtime.concurrency` at a time through the flow's task runner, each with its
     share of the cores; the big inputs are passed by reference (`quote`: Prefect does not walk them)."""
-    shards = sorted(prep.data.shard_rows)
+    from cocu_core.curation.data import shard_names  # torch, through the curation package: only when curating
+
+    shards = shard_names(prep.data)
     results: list[dict] = []
     for i in range(0, len(shards), run.concurrency):
         futures = [T.curate_shard_task.submit(run.cfg, s, quote(prep), run.threads_each)
@@ -102,8 +104,7 @@ def curation_stages(run: StageRun) -> None:
     prep = Prepared(data, T.load_indexes_task(cfg), encoder_id)
     if run.wants("curate"):
         shard_results = curate_all(run, prep)
-        run.results["curate"] = {**summarise_shards(shard_results),
-                                 "cached": all(r.get("cached") for r in shard_results)}
+        run.results["curate"] = summarise_shards(shard_results)
         run.timings["curate"] = round(time.time() - t0, 1)
         publish.curate(cfg, {**run.results["curate"], "per_shard": shard_results}, run.timings["curate"],
                          f", {run.concurrency} shards at a time with {run.threads_each} thread(s) each")

@@ -147,11 +147,12 @@ def curation_upstream_key(stage_keys: dict[str, str], encoder_id: str) -> str:
 
 
 def summarise_shards(results: Sequence[dict]) -> dict[str, Any]:
-    """Why: one line of totals for the stage table artifact."""
+    """Why: one line of totals for the stage table artifact; the stage is cached when every shard was."""
     images = sum(r["images"] for r in results)
     secs = sum(r.get("seconds", 0) for r in results if not r.get("cached"))
     return {"shards": len(results), "images": images, "empty_archives": sum(r["empty_archives"] for r in results),
-            "cached_shards": sum(bool(r.get("cached")) for r in results), "seconds": round(secs, 2)}
+            "cached_shards": sum(bool(r.get("cached")) for r in results), "seconds": round(secs, 2),
+            "cached": all(r.get("cached") for r in results)}
 
 
 @dataclass
@@ -198,7 +199,7 @@ def run(ctx: Context, prep: Optional[Prepared] = None) -> Report:
 
     prep = prep or prepare(ctx)
     results = [run_shard(prep, s, ctx) for s in shard_names(prep.data)]
-    return {**summarise_shards(results), "cached": all(r.get("cached") for r in results), "per_shard": results}
+    return {**summarise_shards(results), "per_shard": results}
 
 
 def oracle_archive(cfg: PipelineConfig) -> Path:
