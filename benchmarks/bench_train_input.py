@@ -15,7 +15,8 @@ crop_flip at scale 0.5-1) they are the toy world's 64-px renders. Then, per reci
 
 Run:
     .venv/bin/python benchmarks/bench_train_input.py [--recipe toy groupvit-s] [--samples N] [--workers 0 1 2]
-        [--rounds 3] [--threads T] [--device cpu|cuda] [--step-recipes toy] [--precision fp32|bf16]
+        [--rounds 3] [--threads T] [--device cpu|cuda] [--step-recipes toy] [--precision fp32|bf16] [--batch B]
+On CUDA the batches are pinned and copied non-blocking, memory-fed ones too (they are held in host memory).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ RECIPES = {  # model, image size, rendered JPEG (w, h), TrainConfig fields of th
     "toy": ("groupvit-toy", 64, (64, 64), {"augment": "crop_flip", "crop_scale": (0.5, 1.0), "templates": "full80",
                                           "batch_size": 128}),
 }
+BATCH = 0  # --batch: overrides the recipe's batch size
 _WORDS = ["a", "the", "small", "red", "old", "park", "near", "with", "on", "street", "sunny", "day", "two", "big",
           "standing", "beside", "colourful", "wooden", "during", "winter", "people", "walking", "along"]
 VOCAB = ["dog", "cat", "car", "tree", "boat", "house", "bird", "horse", "bicycle", "person", "chair", "table", "sky",
@@ -100,8 +102,9 @@ def open_data(recipe: str, shards: Path, arch: Path, workers: int, **over) -> Tr
     from cocu_core.model import get_config
 
     model, size, _, fields = RECIPES[recipe]
-    cfg = TrainConfig(**{**fields, "num_workers": workers, **over})
-    return TrainData(shards, arch, "cocu", size, cfg, context_length=get_config(model).context_length)
+    pin = bool(over.pop("pin_memory", False))
+    cfg = TrainConfig(**{**fields, "num_workers": workers, **({"batch_size": BATCH} if BATCH else {}), **over})
+    return TrainData(shards, arch, "cocu", size, cfg, context_length=get_config(model).context_length, pin_memory=pin)
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -180,7 +183,7 @@ def bench_step(recipe: str, shards: Path, arch: Path, workers: list[int], rounds
           "fed by the pipeline vs from memory")
     print(f"{'workers':>8} {'memory img/s':>13} {'pipeline img/s':>15} {'ratio':>7}   (median of {rounds} rounds)")
     for w in workers:
-        data = open_data(recipe, shards, arch, w)
+        data = open_data(recipe, shards, arch, w, pin_memory=device.type == "cuda")
         try:
             held = list(data.batches(0))  # memory-fed: the same kind of batches, already made
             for b in held[:2]:
@@ -277,7 +280,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--profile-samples", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=0, help="batch size (default: the recipe's, 128 toy, 64 groupvit-s)")
     args = ap.parse_args()
+    global BATCH
+    BATCH = args.batch
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     print(f"bench_train_input: {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads in the training process")

@@ -351,3 +351,23 @@ def test_auto_worker_count_is_the_cores_this_process_may_use_less_one():
     cores = len(os.sched_getaffinity(0))
     assert resolve_workers(-1) == max(1, cores - 1) and resolve_workers(3) == 3 and resolve_workers(0) == 0
     assert resolve_workers(-1, processes=cores) == 1
+
+
+def test_fused_normalisation_matches_totensor_normalize_and_deit_keeps_its_order():
+    from cocu_core.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from torchvision import transforms as T
+
+    from cocu_core.train.data import ToNormalized
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    ref = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(rgb))
+    for img in (rgb, rgb.convert("L").convert("RGB"), rgb.convert("RGBA")):
+        want = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(img.convert("RGB")))
+        got = ToNormalized()(img)
+        assert got.shape == want.shape == (3, 40, 56) and got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=2e-6)
+    assert torch.allclose(ToNormalized()(rgb), ref, atol=2e-6)
+    names = [type(t).__name__ for t in build_transform("deit", SIZE, tcfg()).transforms]
+    assert names[-2:] == ["ToNormalized", "RandomErasing"] and "Normalize" not in names  # erasing after normalising
