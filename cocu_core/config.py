@@ -270,7 +270,10 @@ class TrainConfig(_Section):
     processes: int = Field(1, ge=1, description="Processes per node; >1 launches torchrun (gloo on CPU, nccl on GPU).")
     nnodes: int = Field(1, ge=1, description="Nodes for multi-node torchrun (each runs `processes`).")
     threads: int = Field(0, ge=0, description="torch CPU threads per process; 0 = cores / processes.")
-    num_workers: int = Field(0, ge=0, description="Data-loader worker processes per training process.")
+    num_workers: int = Field(
+        -1, ge=-1, description="Data-loader worker processes per training process (they decode, augment and tokenize);"
+                               " -1 = the cores this process may use (os.sched_getaffinity) / processes, less one;"
+                               " 0 = in the training process.")
     log_every: int = Field(10, ge=1, description="Steps between loss-curve rows (every step is logged to the bar).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs); null = all epochs.")
 

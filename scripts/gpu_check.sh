@@ -10,7 +10,8 @@
 # architecture, default ViT-B-16; random weights unless GPU_CHECK_WEIGHTS names a checkpoint, e.g. openai's),
 # GPU_CHECK_STEPS (groupvit-s training steps, default 300), GPU_CHECK_BATCH (training batch, default 64),
 # GPU_CHECK_EVAL_IMAGES (VOC-layout images evaluated, default 50), GPU_CHECK_WORK (work folder, default a temp dir),
-# GPU_CHECK_RESULTS (file the section is appended to). GPU_CHECK_ALLOW_CPU=1 runs the same steps on CPU with tiny
+# GPU_CHECK_RESULTS (file the section is appended to), GPU_CHECK_INPUT_SAMPLES (500x375 JPEGs the input-pipeline
+# benchmark renders, default 2048). GPU_CHECK_ALLOW_CPU=1 runs the same steps on CPU with tiny
 # sizes, to check the script itself where no GPU is lent (its figures are not written to RESULTS.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -111,7 +112,7 @@ with serve_directory(work / "web") as srv:
                     "inference_batch_size": int(os.environ.get("GPU_CHECK_EMBED_BATCH", 256))},
         "index": {"max_index_memory_usage": "4G", "current_memory_available": "16G"},
         "train": {"batch_size": batch, "max_steps": steps, "epochs": 1000, "processes": 1, "precision": "bf16",
-                  "device": dev, "num_workers": 4, "checkpoint_every": max(steps, 1), "threads": 0},
+                  "device": dev, "num_workers": max(1, len(os.sched_getaffinity(0)) - 2), "checkpoint_every": max(steps, 1), "threads": 0},
         "eval": {"datasets": ["voc"], "voc_root": str(voc), "class_names": None, "imagenet_root": None,
                  "panels": 0, "device": dev},
     })
@@ -154,10 +155,18 @@ if [ "$DEVICE" = "cuda" ]; then
   "$PY" benchmarks/bench_train_step.py --device cuda --config groupvit-s --batch "${GPU_CHECK_BATCH:-64}" --steps 10 \
     --warmup 3 | tee "$WORK/bench_train_step.txt"
   "$PY" benchmarks/bench_eval.py --device cuda | tee "$WORK/bench_eval.txt"
+  # the input pipeline feeding groupvit-s bf16 against the same step fed from host memory (target >= 0.85x),
+  # with the loader workers at the cores available minus two
+  W=$("$PY" -c "import os; print(max(1, len(os.sched_getaffinity(0)) - 2))")
+  "$PY" benchmarks/bench_train_input.py --device cuda --precision bf16 --recipe groupvit-s --step-recipes groupvit-s \
+    --batch "${GPU_CHECK_BATCH:-64}" --samples "${GPU_CHECK_INPUT_SAMPLES:-2048}" --workers 0 "$W" --step-workers "$W" \
+    --rounds 2 --profile-samples 100 | tee "$WORK/bench_train_input.txt"
 else
   "$PY" benchmarks/bench_train_step.py --device cpu --config groupvit-toy --steps 1 --warmup 1 --no-memory \
     | tee "$WORK/bench_train_step.txt"
   : > "$WORK/bench_eval.txt"
+  "$PY" benchmarks/bench_train_input.py --recipe toy --samples 256 --workers 1 --step-workers 1 --rounds 1 \
+    --profile-samples 20 --batch 32 | tee "$WORK/bench_train_input.txt"
 fi
 
 # 6: append the figures with the device name.
@@ -180,6 +189,11 @@ lines = [
     "", "Training-step benchmark (`benchmarks/bench_train_step.py --device cuda --config groupvit-s`):", "", "```",
     (work / "bench_train_step.txt").read_text().strip(), "```",
 ]
+inp = (work / "bench_train_input.txt").read_text().strip()
+ratio = [ln for ln in inp.splitlines() if ln.strip() and ln.split()[0].isdigit() and "rounds:" in ln]
+lines += ["", "Input pipeline (`benchmarks/bench_train_input.py --device cuda --precision bf16 --recipe groupvit-s`; "
+          "pipeline against memory-fed step rate, target >= 0.85x: "
+          + (f"**{ratio[-1].split()[3]}x**" if ratio else "not measured") + "):", "", "```", inp, "```"]
 ev = (work / "bench_eval.txt").read_text().strip()
 if ev:
     lines += ["", "Evaluation benchmark (`benchmarks/bench_eval.py --device cuda`):", "", "```", ev, "```"]

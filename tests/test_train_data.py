@@ -269,3 +269,105 @@ def test_randaugment_full_magnitude_posterize_does_not_raise():
         np.random.seed(s)
         torch.manual_seed(s)
         assert tf(img).shape == (3, SIZE, SIZE)
+
+
+TRICKY = ["dog", "t-shirt", "3d printer", "men's shirt", "café", "r&b", "<start_of_text>", "dog.", ".net", "",
+          "a  b", "x2", "2x", "hot-dog!", "rock'n'roll", "Golden Retriever", "(sic)", "8", "ice cream cone on a "
+          "hot summer day at the crowded beach next to the pier with many colourful umbrellas", "naïve", "ß", "a{}b"]
+
+
+def test_cached_prompt_and_caption_tokens_equal_the_tokenizer():
+    from cocu_core.model.text import tokenize
+    from cocu_core.train.tokens import TextTokens
+
+    for length in (77, 12):  # 12: the long prompts and captions are cut, their EOT kept
+        for name in ("full80", "subset7", "simple"):
+            temps = get_templates(name)
+            tt = TextTokens(temps, length)
+            for rep in range(2):  # the second pass reads the caches
+                for t, tmpl in enumerate(temps):
+                    want = tokenize([tmpl.replace("{}", c) for c in TRICKY], length).numpy()
+                    got = np.stack([tt.prompt(t, c) for c in TRICKY])
+                    assert np.array_equal(got, want), (length, tmpl)
+        tt = TextTokens(get_templates("simple"), length)
+        caps = [caption_of(i) for i in range(10)] + [" ".join(TRICKY) * 3, "", "  A Dog &amp; a CAT  "]
+        assert np.array_equal(np.stack([tt.text(c) for c in caps]), tokenize(caps, length).numpy())
+
+
+def test_batches_carry_token_ids_of_their_texts_with_and_without_workers(world):
+    from cocu_core.model.text import tokenize
+
+    args = (world / "shards", world / "cocu", "cocu", SIZE)
+    for variant, archive in (("cocu", world / "cocu"), ("baseline", None)):
+        one = TrainData(world / "shards", archive, variant, SIZE, tcfg(), context_length=20)
+        e0 = all_batches(one, 0)
+        for b in e0:
+            assert b.tokens.dtype == torch.int64 and b.tokens.shape == (len(b), 4, 20)
+            assert torch.equal(b.tokens.view(-1, 20), tokenize([t for per in b.texts for t in per], 20))
+    data = TrainData(*args, tcfg(), context_length=20)
+    ref = [all_batches(data, e) for e in range(3)]
+    assert all(b.tokens is None for b in all_batches(TrainData(*args, tcfg()), 0))  # no context length, no ids
+    workers = TrainData(*args, tcfg(num_workers=2), context_length=20)
+    try:
+        first = next(iter(workers.batches(0)))  # an epoch left unfinished: its persistent workers go on
+        assert same([first], ref[0][:1]) and torch.equal(first.tokens, ref[0][0].tokens)
+        for e in (1, 2):
+            got = all_batches(workers, e)
+            assert same(got, ref[e]) and all(torch.equal(a.tokens, b.tokens) for a, b in zip(got, ref[e]))
+        assert same(all_batches(workers, 1, start=1), ref[1][1:])  # resume mid-epoch on the same workers
+    finally:
+        workers.close()
+
+
+def test_large_jpegs_decode_at_a_reduced_scale_never_below_what_the_crop_needs():
+    import io
+
+    from cocu_core.train.data import decode_image, decode_need
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (10, 200, 30)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    assert decode_image(data).size == (1600, 1200)
+    px, side = decode_need("deit", 224, (0.08, 1.0))
+    assert side == 0 and px == int(np.ceil(224 ** 2 / 0.06))
+    assert decode_image(data, px).size == (1600, 1200)  # 1.92 MP, the smallest crop needs 0.84 MP: no halving
+    small = decode_need("crop_flip", 64, (0.5, 1.0))  # 10,923 px
+    img = decode_image(data, *small)
+    assert img.size == (200, 150) and img.mode == "RGB" and img.size[0] * img.size[1] >= small[0]  # 1/8 scale
+    assert decode_image(data, *decode_need("crop_flip", 200, (0.5, 1.0))).size == (400, 300)  # 107 kpx: 1/4
+    img = decode_image(data, *decode_need("none", 224, (0.08, 1.0)))
+    assert img.size == (400, 300) and min(img.size) >= 224  # 1/4 scale: 1/8 would leave a 150-px short side
+    png = io.BytesIO()
+    Image.new("L", (600, 600), 7).save(png, "PNG")
+    assert decode_image(png.getvalue(), 10, 10).size == (600, 600)  # only JPEGs have a DCT draft
+    assert decode_image(png.getvalue()).mode == "RGB"
+
+
+def test_auto_worker_count_is_the_cores_this_process_may_use_less_one():
+    import os
+
+    from cocu_core.train.data import resolve_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_workers(-1) == max(1, cores - 1) and resolve_workers(3) == 3 and resolve_workers(0) == 0
+    assert resolve_workers(-1, processes=cores) == 1
+
+
+def test_fused_normalisation_matches_totensor_normalize_and_deit_keeps_its_order():
+    from cocu_core.compat import ensure_torchvision
+
+    ensure_torchvision()
+    from torchvision import transforms as T
+
+    from cocu_core.train.data import ToNormalized
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    ref = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(rgb))
+    for img in (rgb, rgb.convert("L").convert("RGB"), rgb.convert("RGBA")):
+        want = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(img.convert("RGB")))
+        got = ToNormalized()(img)
+        assert got.shape == want.shape == (3, 40, 56) and got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=2e-6)
+    assert torch.allclose(ToNormalized()(rgb), ref, atol=2e-6)
+    names = [type(t).__name__ for t in build_transform("deit", SIZE, tcfg()).transforms]
+    assert names[-2:] == ["ToNormalized", "RandomErasing"] and "Normalize" not in names  # erasing after normalising

@@ -51,6 +51,7 @@ from cocu_core.errors import CocuError
 from cocu_core.io import parquet_metadata, parquet_schema_version, write_parquet_atomic
 from cocu_core.templates import get_templates
 from cocu_core.train.nouns import caption_nouns
+from cocu_core.train.tokens import TextTokens
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 ARCHIVE_VARIANTS = tuple(v for v in CURATION_VARIANTS if v != "baseline")  # the curated variants with archives
@@ -78,13 +79,16 @@ class TrainBatch:
     keys: list[str]
     skipped: dict[str, int] = field(default_factory=dict)  # e.g. {"corrupt_image": 1}
     step: int = -1  # the step (within the epoch) this batch is
+    tokens: Optional[torch.Tensor] = None  # (B, 1 + K, context_length) int64 CLIP ids of `texts` (with a context length)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def pin_memory(self) -> "TrainBatch":
-        """Why: lets a DataLoader with pin_memory=True (CUDA) pin the images."""
+        """Why: lets a DataLoader with pin_memory=True (CUDA) pin the images and token ids."""
         self.images = self.images.pin_memory()
+        if self.tokens is not None:
+            self.tokens = self.tokens.pin_memory()
         return self
 
 
@@ -184,7 +188,7 @@ def build_transform(augment: str, image_size: int, cfg: TrainConfig):
     from torchvision import transforms as T
 
     interp = T.InterpolationMode.BILINEAR
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    norm = [ToNormalized()]
     if augment == "deit":
         from timm.data import create_transform
 
@@ -194,6 +198,7 @@ def build_transform(augment: str, image_size: int, cfg: TrainConfig):
                               re_prob=cfg.random_erasing, re_mode="pixel", re_count=1,
                               mean=IMAGENET_MEAN, std=IMAGENET_STD)
         _patch_posterize(tf)
+        _fuse_normalize(tf)
         return tf
     if augment == "crop_flip":
         return T.Compose([T.RandomResizedCrop(image_size, scale=tuple(cfg.crop_scale), interpolation=interp),
@@ -201,6 +206,37 @@ def build_transform(augment: str, image_size: int, cfg: TrainConfig):
     if augment == "none":
         return T.Compose([T.Resize(image_size, interpolation=interp), T.CenterCrop(image_size), *norm])
     raise TrainDataError(f"train.augment {augment!r}: expected 'deit', 'crop_flip' or 'none'")
+
+
+class ToNormalized:
+    """PIL RGB -> (3, H, W) float32 normalised by ImageNet's mean and std in one pass (ToTensor + Normalize
+    convert through a non-contiguous float copy and cost twice as much; the values agree to 1 ulp)."""
+
+    def __init__(self):
+        self.shift = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+        self.scale = 1 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
+
+    def __call__(self, img) -> torch.Tensor:
+        a = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
+        out = torch.empty((3, *a.shape[:2]), dtype=torch.float32)
+        out.copy_(torch.from_numpy(a.transpose(2, 0, 1).copy()))
+        return out.sub_(self.shift).mul_(self.scale)
+
+    def __repr__(self) -> str:
+        return "ToNormalized(ImageNet mean, std)"
+
+
+def _fuse_normalize(transform) -> None:
+    """Why: timm's DeiT transform ends MaybeToTensor, Normalize(ImageNet), RandomErasing: the first two become one
+    ToNormalized (erasing still sees the normalised tensor, as in GV)."""
+    ts = getattr(transform, "transforms", [])
+    for i in range(len(ts) - 1):
+        a, b = ts[i], ts[i + 1]
+        if type(a).__name__ in ("MaybeToTensor", "ToTensor") and type(b).__name__ == "Normalize":
+            mean, std = torch.as_tensor(b.mean).flatten().tolist(), torch.as_tensor(b.std).flatten().tolist()
+            if np.allclose(mean, IMAGENET_MEAN) and np.allclose(std, IMAGENET_STD):
+                ts[i:i + 2] = [ToNormalized()]
+            return
 
 
 def posterize_compat(img, bits_to_keep: int, **_):
@@ -253,12 +289,43 @@ class PromptMaker:
         words = self.candidates(caption, entry)
         return [words[i] for i in self.pick(words, entry, rng)]
 
-    def __call__(self, caption: str, entry, rng: np.random.Generator) -> list[str]:
-        """Why: ``[caption, p1 .. pK]``: one random template per concept, the caption padding the rest."""
+    def draw(self, caption: str, entry, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+        """Why: the random part of an image's prompts, (concepts, template positions): tokens and strings follow."""
         names = self.concepts(caption, entry, rng)
-        which = rng.integers(len(self.templates), size=len(names))
+        return names, rng.integers(len(self.templates), size=len(names))
+
+    def texts(self, caption: str, names: Sequence[str], which: np.ndarray) -> list[str]:
+        """Why: ``[caption, p1 .. pK]``: each concept in its drawn template, the caption padding the rest."""
         prompts = [self.templates[t].replace("{}", n) for t, n in zip(which, names)]
         return [caption, *prompts, *[caption] * (self.k - len(prompts))]
+
+    def __call__(self, caption: str, entry, rng: np.random.Generator) -> list[str]:
+        """Why: ``[caption, p1 .. pK]``: one random template per concept, the caption padding the rest."""
+        return self.texts(caption, *self.draw(caption, entry, rng))
+
+
+def decode_image(data: bytes, min_pixels: int = 0, min_side: int = 0):
+    """Why: an RGB PIL image; a JPEG larger than the transform needs is decoded at a DCT-reduced scale (draft),
+    kept at least `min_pixels` in area and `min_side` on its short side, so no crop is upsampled that the full
+    decode would not have upsampled."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG" and (min_pixels or min_side):
+        w, h = img.size
+        f = max((min_pixels / (w * h)) ** 0.5 if min_pixels else 0.0, min_side / min(w, h) if min_side else 0.0)
+        if f < 0.5:  # draft only ever halves (1/2, 1/4, 1/8): smaller requests are no-ops
+            img.draft("RGB", (int(np.ceil(w * f)), int(np.ceil(h * f))))
+    img.load()  # decode now: a corrupt or truncated file fails here, inside the caller's try
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_need(augment: str, image_size: int, crop_scale: Sequence[float]) -> tuple[int, int]:
+    """Why: the least (area, short side) a decoded image must keep: a random crop of the smallest area and
+    narrowest aspect (3/4) must still cover `image_size` pixels, and a resize-only transform its short side."""
+    if augment == "none":
+        return 0, image_size
+    return int(np.ceil(image_size ** 2 / (max(crop_scale[0], 1e-6) * 0.75))), 0
 
 
 @dataclass
@@ -271,8 +338,9 @@ class _Broken:
 class _Samples(torch.utils.data.Dataset):
     """Map-style dataset: item (epoch, step, i) -> one augmented image with its texts, or a _Broken."""
 
-    def __init__(self, index: ShardIndex, archive, prompts: PromptMaker, transform, seed: int, rngs: str = "all"):
-        self.index, self.archive, self.rngs = index, archive, rngs
+    def __init__(self, index: ShardIndex, archive, prompts: PromptMaker, transform, seed: int, rngs: str = "all",
+                 tokens: Optional[TextTokens] = None, need: tuple[int, int] = (0, 0)):
+        self.index, self.archive, self.rngs, self.tokens, self.need = index, archive, rngs, tokens, need
         self.prompts, self.transform, self.seed = prompts, transform, seed & 0xFFFF_FFFF_FFFF_FFFF
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -351,9 +419,14 @@ class _Samples(torch.utils.data.Dataset):
                 random.setstate(saved_py[0])
                 np.random.set_state(saved_py[1])
 
-    def __getitem__(self, item: tuple[int, int, int]):
-        from PIL import Image
+    def token_rows(self, caption: str, names: Sequence[str], which: np.ndarray) -> np.ndarray:
+        """Why: the (1 + K, L) ids of ``[caption, p1 .. pK]``: the caption tokenized once (it pads too), the
+        prompts from the (template, concept) cache."""
+        cap = self.tokens.text(caption)
+        rows = [cap, *(self.tokens.prompt(int(t), n) for t, n in zip(which, names))]
+        return np.stack(rows + [cap] * (self.prompts.k - len(names)))
 
+    def __getitem__(self, item: tuple[int, int, int]):
         epoch, step, i = item
         ix = self.index
         key = str(ix.keys[i])
@@ -361,34 +434,38 @@ class _Samples(torch.utils.data.Dataset):
         aug_seed, rng = self.sample_seeds(epoch, i)
         try:
             caption = self.caption(i, entry)
-            img = Image.open(io.BytesIO(self._read(int(ix.shard[i]), int(ix.img_off[i]), int(ix.img_len[i]))))
-            img.load()  # decode now: a corrupt or truncated file fails here, inside the try
-            if img.mode != "RGB":
-                img = img.convert("RGB")
+            img = decode_image(self._read(int(ix.shard[i]), int(ix.img_off[i]), int(ix.img_len[i])), *self.need)
         except Exception:  # noqa: BLE001 - any undecodable or unreadable image is a counted skip
             return _Broken("corrupt_image", key, step)
-        texts = self.prompts(caption, entry, rng)
+        names, which = self.prompts.draw(caption, entry, rng)
+        out = {"texts": self.prompts.texts(caption, names, which), "key": key, "step": step}
+        if self.tokens is not None:
+            out["tokens"] = self.token_rows(caption, names, which)
         try:
-            image = self._augment(img, aug_seed)
+            out["image"] = self._augment(img, aug_seed)
         except Exception:  # noqa: BLE001 - a library failing on one image must not end the epoch; counted
             return _Broken("augment_error", key, step)
-        return {"image": image, "texts": texts, "key": key, "step": step}
+        return out
 
 
 class _Collate:
     """Stack the good samples; count the broken ones by reason."""
 
-    def __init__(self, image_size: int):
-        self.image_size = image_size
+    def __init__(self, image_size: int, token_shape: Optional[tuple[int, int]] = None):
+        self.image_size, self.token_shape = image_size, token_shape
 
     def __call__(self, items: list) -> TrainBatch:
         good = [x for x in items if not isinstance(x, _Broken)]
         skipped = dict(Counter(x.reason for x in items if isinstance(x, _Broken)))
         s = self.image_size
         images = torch.stack([x["image"] for x in good]) if good else torch.empty(0, 3, s, s)
+        tokens = None
+        if self.token_shape is not None:
+            tokens = (torch.from_numpy(np.stack([x["tokens"] for x in good])) if good
+                      else torch.empty(0, *self.token_shape, dtype=torch.int64))
         step = items[0]["step"] if isinstance(items[0], dict) else items[0].step
         return TrainBatch(images=images, texts=[x["texts"] for x in good], keys=[x["key"] for x in good],
-                          skipped=skipped, step=step)
+                          skipped=skipped, step=step, tokens=tokens)
 
 
 class _StepBatches:
@@ -398,6 +475,10 @@ class _StepBatches:
         self.order, self.epoch, self.start, self.steps = order, epoch, start, steps
         self.b, self.lo = global_batch, rank * (global_batch // world)
         self.hi = self.lo + global_batch // world
+
+    def move(self, order: np.ndarray, epoch: int, start: int) -> None:
+        """Why: one persistent loader serves every epoch; its sampler is pointed at the next epoch in place."""
+        self.order, self.epoch, self.start = order, epoch, start
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -413,6 +494,15 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def resolve_workers(requested: int, processes: int = 1) -> int:
+    """Why: -1 (auto) gives each training process the cores it may use (os.sched_getaffinity), less one for
+    itself; 0 decodes in the training process."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes) - 1)
+
+
 # --- the public loader ----------------------------------------------------------------------------
 
 class TrainData:
@@ -420,7 +510,8 @@ class TrainData:
 
     def __init__(self, shards_dir: str | Path, archive_dir: Optional[str | Path], variant: str, image_size: int,
                  cfg: TrainConfig, rank: int = 0, world_size: int = 1,
-                 k_sample_cfg: Optional[CurationConfig] = None, index_dir: Optional[str | Path] = None):
+                 k_sample_cfg: Optional[CurationConfig] = None, index_dir: Optional[str | Path] = None,
+                 context_length: Optional[int] = None, pin_memory: bool = False):
         if variant not in TRAIN_VARIANTS:
             raise TrainDataError(f"train variant {variant!r}: expected one of {list(TRAIN_VARIANTS)}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -469,9 +560,16 @@ class TrainData:
         if self.steps_per_epoch == 0:
             raise TrainDataError(f"{self.n_samples} usable samples in {shards_dir}, fewer than one global batch of "
                                  f"{self.global_batch} (train.batch_size)")
-        prompts = PromptMaker(variant, cfg.k_prompts, get_templates(cfg.templates), sampler)
+        templates = get_templates(cfg.templates)
+        prompts = PromptMaker(variant, cfg.k_prompts, templates, sampler)
         rngs = {"deit": "all", "crop_flip": "torch", "none": "none"}[cfg.augment]  # generators each transform draws from
-        self._samples = _Samples(index, archive, prompts, build_transform(cfg.augment, image_size, cfg), cfg.seed, rngs)
+        tokens = TextTokens(templates, context_length) if context_length else None
+        self._token_shape = (cfg.k_prompts + 1, int(context_length)) if context_length else None
+        self._samples = _Samples(index, archive, prompts, build_transform(cfg.augment, image_size, cfg), cfg.seed, rngs,
+                                 tokens, decode_need(cfg.augment, image_size, cfg.crop_scale))
+        self.num_workers = resolve_workers(cfg.num_workers, cfg.processes if world_size > 1 else 1)
+        self.pin_memory = pin_memory
+        self._loader: Optional[torch.utils.data.DataLoader] = None
 
     @staticmethod
     def _open_archive(path: Path, variant: str):
@@ -496,8 +594,12 @@ class TrainData:
         return reader
 
     def close(self) -> None:
-        """Why: close the shard files this process opened (also done when the object is collected)."""
+        """Why: close the shard files this process opened and stop the loader's workers (also done when the object
+        is collected)."""
         self._samples.close()
+        it, self._loader = getattr(self._loader, "_iterator", None), None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
 
     @property
     def keys(self) -> np.ndarray:
@@ -539,13 +641,19 @@ class TrainData:
         """Why: this rank's slice of every global batch of `epoch`, from `start_step` (resume) to the end."""
         if not 0 <= start_step <= self.steps_per_epoch:
             raise TrainDataError(f"start_step {start_step} is outside the epoch's 0..{self.steps_per_epoch} steps")
-        sampler = _StepBatches(self.epoch_order(epoch), epoch, start_step, self.steps_per_epoch, self.global_batch,
-                               self.rank, self.world_size)
-        if len(sampler) == 0:
+        if start_step == self.steps_per_epoch:
             return iter(())
-        workers = self.cfg.num_workers
-        loader = torch.utils.data.DataLoader(
-            self._samples, batch_sampler=sampler, num_workers=workers, collate_fn=_Collate(self.image_size),
-            worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
-            generator=torch.Generator().manual_seed(0))  # the loader's base seed must not consume the caller's RNG
-        return iter(loader)
+        order = self.epoch_order(epoch)
+        if self._loader is None:
+            sampler = _StepBatches(order, epoch, start_step, self.steps_per_epoch, self.global_batch,
+                                   self.rank, self.world_size)
+            workers = self.num_workers
+            self._loader = torch.utils.data.DataLoader(
+                self._samples, batch_sampler=sampler, num_workers=workers,
+                collate_fn=_Collate(self.image_size, self._token_shape),
+                worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
+                persistent_workers=workers > 0, pin_memory=self.pin_memory,
+                generator=torch.Generator().manual_seed(0))  # the loader's base seed must not consume the caller's RNG
+        else:  # the same workers (and their token caches) go on with the next epoch
+            self._loader.batch_sampler.move(order, epoch, start_step)
+        return iter(self._loader)

@@ -85,20 +85,32 @@ def train_loop(cfg: PipelineConfig, shards_dir: Path, archive_dir: Optional[Path
                resume: bool = True, log: Callable[[str], None] = print, progress: bool = True,
                extra_meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Why: train GroupViT on the shards (and archive) into `out_dir`, resuming from its newest checkpoint."""
-    from tqdm import tqdm
-
     from cocu_core.train.data import TrainData
-    from cocu_core.train.losses import total_loss
-    from cocu_core.train.optim import build_optimizer, build_schedule
 
     tc = cfg.train
     env = init_distributed(tc.device)
     torch.set_num_threads(resolve_threads(tc.threads, tc.processes if env.world_size > 1 else 1))
     out_dir = Path(out_dir)
-    ck_dir = out_dir / "checkpoints"
     model, wrapped = _build(cfg, env)
     data = TrainData(shards_dir, archive_dir, variant, model.config.image_size, tc, rank=env.rank,
-                     world_size=env.world_size, index_dir=out_dir / "shard_index")
+                     world_size=env.world_size, index_dir=out_dir / "shard_index",
+                     context_length=model.config.context_length, pin_memory=env.device.type == "cuda")
+    try:
+        return _train(cfg, env, model, wrapped, data, out_dir, variant, resume, log, progress, extra_meta)
+    finally:
+        data.close()  # the loader's persistent workers end with the run
+
+
+def _train(cfg: PipelineConfig, env: DistEnv, model, wrapped, data, out_dir: Path, variant: str, resume: bool,
+           log: Callable[[str], None], progress: bool, extra_meta: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """Why: the loop itself, over batches whose images and token ids the loader workers made."""
+    from tqdm import tqdm
+
+    from cocu_core.train.losses import total_loss
+    from cocu_core.train.optim import build_optimizer, build_schedule
+
+    tc = cfg.train
+    ck_dir = out_dir / "checkpoints"
     steps_per_epoch = data.steps_per_epoch
     if steps_per_epoch < 1:
         raise TrainingError(f"{data.n_samples} usable samples cannot fill one global batch of {tc.batch_size}; "
@@ -147,8 +159,7 @@ def train_loop(cfg: PipelineConfig, shards_dir: Path, archive_dir: Optional[Path
         for batch in data.batches(epoch, in_epoch):
             for k, v in batch.skipped.items():
                 skipped[k] = skipped.get(k, 0) + v
-            images, texts = batch.images, batch.texts
-            n = len(texts)
+            n = len(batch)
             fewest, total = torch.tensor(float(n), device=env.device), torch.tensor(float(n), device=env.device)
             if env.world_size > 1:  # the losses gather unequal batches, but every rank must take the step
                 torch.distributed.all_reduce(fewest, op=torch.distributed.ReduceOp.MIN)
@@ -157,8 +168,8 @@ def train_loop(cfg: PipelineConfig, shards_dir: Path, archive_dir: Optional[Path
             if fewest.item() < 1:  # every sample of some rank's slice was broken: skip the step everywhere
                 global_step += 1
                 continue
-            images = images.to(env.device, non_blocking=True)
-            tokens = model.tokenize([t for per in texts for t in per]).view(n, len(texts[0]), -1).to(env.device)
+            images = batch.images.to(env.device, non_blocking=True)
+            tokens = batch.tokens.to(env.device, non_blocking=True)  # tokenized in the loader workers
             schedule.apply(optimizer, global_step)
             torch.manual_seed(step_seed(tc.seed, global_step, env.rank))
             with autocast_for(env.device, tc.precision):
