@@ -256,7 +256,7 @@ def test_two_concurrent_cocu_runs_on_one_work_folder(tmp_path):
                 pass
     done = [ln for ln in log3.read_text().splitlines() if "finished in" in ln]
     assert len(done) == 1 and "stages: toyworld" in done[0] and "(cached)" in done[0]  # the first run's work, kept
-    assert (cfg.workpath / "toyworld" / "manifest.json").is_file()
+    assert (cfg.workpath / "toyworld" / "world.json").is_file()
     assert read_holder(lock_path(cfg)) is None
 
 
