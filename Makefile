@@ -17,6 +17,7 @@ run: setup
 	$(VENV)/bin/cocu run --config configs/toy.yaml
 
 test: setup
+	@bash scripts/test_services.sh
 	$(PY) -m pytest -q
 
 test-fast: setup

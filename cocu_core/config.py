@@ -348,9 +348,17 @@ class RuntimeConfig(_Section):
         description="torch/OpenMP/BLAS threads per task (and per stage subprocess); 0 = cores // concurrency, at least 1.",
     )
     recurate_cron: Optional[str] = Field(
-        None, description="Cron schedule of the `cocu-recurate` deployment (e.g. '0 3 * * *'); null = no schedule."
+        "0 3 * * *",
+        description="Cron schedule of the `cocu-recurate` deployment (default daily at 03:00); null = no schedule.",
     )
     recurate_timezone: str = Field("UTC", description="Time zone the `recurate_cron` schedule is read in.")
+    lock_timeout: float = Field(
+        0.0, ge=0,
+        description=(
+            "Seconds a run waits for the work-folder lock held by another run (a writing run, or a training pinning"
+            " its archives) before it stops with one line naming the holder; 0 = stop at once."
+        ),
+    )
     keep_versions: int = Field(
         3, ge=1, description="Archive versions kept by re-curation (older version folders are deleted)."
     )

@@ -64,3 +64,13 @@ def versions_root(workpath: Path, variant: str) -> Path:
 def run_state_path(cfg: PipelineConfig) -> Path:
     """Why: which stage a run is in, read when it is interrupted."""
     return cfg.workpath / "run_state.json"
+
+
+def lock_path(cfg: PipelineConfig) -> Path:
+    """Why: the work-folder lock every writing run holds (`cocu_core.lock`)."""
+    return cfg.workpath / ".cocu.lock"
+
+
+def output_lock_path(out_dir: Path) -> Path:
+    """Why: a training's or evaluation's own folder lock, beside (not in) the folder it may delete and rewrite."""
+    return out_dir.parent / f".{out_dir.name}.lock"

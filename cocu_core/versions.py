@@ -113,3 +113,27 @@ def publish_version(archive_dir: Path, root: Path, keep: int, info: Optional[dic
         shutil.rmtree(version_dir(root, n))
         pruned.append(n)
     return {**record, "new_version": True, "pruned": pruned}
+
+
+def pin_archives(src: Path, dest: Path) -> Path:
+    """Why: a training reads a frozen set of the archives (hard links: no copy, and the content a link names never
+    changes, since archive writes replace files), so a re-curation publishing meanwhile cannot change its inputs,
+    also when it resumes. An existing pin is kept: the training's cache key already says it holds these archives."""
+    if (dest / "pin.json").is_file():
+        return dest
+    files = sorted(p for p in Path(src).glob("*.parquet") if not p.name.startswith("."))
+    tmp = dest.parent / f".{dest.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for p in files:
+        try:
+            os.link(p, tmp / p.name)
+        except OSError:  # another file system: copy
+            shutil.copy2(p, tmp / p.name)
+    write_json_atomic(tmp / "pin.json", {"source": str(src), "files": [p.name for p in files],
+                                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

@@ -53,7 +53,7 @@ def ensure_upstream(cfg: PipelineConfig, variants: list[str]) -> dict:
     results = {}
     for v in variants or [cfg.curation.variant]:
         run = StageRun(with_variant(cfg, v), upstream_stages(cfg, variants))
-        execute(run)
+        execute(run, "cocu_ablation")
         results[v] = {k: bool(r.get("cached")) for k, r in run.results.items() if isinstance(r, dict)}
     return results
 
@@ -141,13 +141,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args(argv)
     from cocu_core.config import ConfigError
+    from cocu_core.errors import CocuError
 
     try:
         result = cocu_ablation(config_path=str(Path(args.config).resolve()), overrides=list(args.set))
     except KeyboardInterrupt:
         print(interrupted_line(RUN_STATE.get("stage"), args.config), file=sys.stderr, flush=True)
         return 130
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, CocuError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(result.get("summary", ""), flush=True)

@@ -173,6 +173,8 @@ def _setup_deploy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default=None, help="process work pool name (default: the one in deployments/prefect.yaml)")
     p.add_argument("--gpu", action="store_true", help="also deploy cocu-pipeline-gpu (its docker pool must exist)")
     p.add_argument("--gpu-config", default=None, help="config for the GPU deployment (default: the one in the file)")
+    p.add_argument("--no-schedule", action="store_true",
+                   help="deploy cocu-recurate without a schedule (default: runtime.recurate_cron, daily at 03:00)")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -180,9 +182,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.deploy import deploy
 
     cfg = load_config_args(args)
+    if args.no_schedule:
+        cfg.runtime.recurate_cron = None
     names = deploy(cfg, args.config, args.pool, args.gpu, args.gpu_config, list(args.set or []))
     sched = (f"cron '{cfg.runtime.recurate_cron}' ({cfg.runtime.recurate_timezone})" if cfg.runtime.recurate_cron
-             else "no schedule (runtime.recurate_cron is null)")
+             else "no schedule (--no-schedule, or runtime.recurate_cron is null)")
     print(f"deployed {', '.join(names)}; cocu-recurate: {sched}")
     print("start a worker from this clone: prefect worker start --pool "
           f"{args.pool or 'cocu-process'}; trigger: prefect deployment run cocu_pipeline/cocu-pipeline")

@@ -25,7 +25,8 @@ from prefect.utilities.annotations import quote  # noqa: E402
 
 from cocu_core.config import PipelineConfig, deep_merge, load_config, parse_override  # noqa: E402
 from cocu_core.io import write_json_atomic  # noqa: E402
-from cocu_core.layout import run_state_path, stage_dir  # noqa: E402
+from cocu_core.layout import lock_path, run_state_path, stage_dir  # noqa: E402
+from cocu_core.lock import EXCLUSIVE, Lease  # noqa: E402
 from cocu_core.runtime import resolve_concurrency, resolve_threads  # noqa: E402
 from cocu_core.stages import STAGES, preflight, select_stages  # noqa: E402
 from cocu_core.stages.curate import Prepared, summarise_shards  # noqa: E402
@@ -147,17 +148,39 @@ def cocu_pipeline(config_path: str = "configs/toy.yaml", overrides: Optional[lis
     return finish(run, "cocu_pipeline", t_start)
 
 
-def execute(run: StageRun) -> None:
+READERS = ("train", "evaluate")  # pin their inputs and hold their own folder's lock (cocu_core.lock), not the work lock
+
+
+def holder_label(flow_name: str) -> str:
+    """Why: the work-folder lock names the flow run, so a refused run can find it in the UI."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    return f"{flow_name} flow run {run_id}" + (f" ({flow_run.get_name()})" if run_id else "")
+
+
+def execute(run: StageRun, flow_name: str = "cocu_pipeline") -> None:
     """Why: the registry's stages in order, shared by the pipeline and the re-curation flow; unselected stages are
-    skipped; the curation block runs where its first stage stands, then the archives are published."""
+    skipped; the curation block runs where its first stage stands, then the archives are published. The writing
+    stages run under the exclusive work-folder lock, given back before training, which pins its archives."""
     cfg, alone = run.cfg, run.threads_alone
-    for name in STAGES:
-        if name == CURATION[0]:
-            curation_stages(run)
-            if run.wants("curate"):
-                run.results["archives"] = T.publish_archives_task(cfg, run.results.get("download") or {})
-        elif name not in CURATION:
-            run(name, T.task_for(name), name, cfg, alone)
+    lease = None
+    if any(s not in READERS for s in run.selected):
+        cfg.workpath.mkdir(parents=True, exist_ok=True)
+        lease = Lease(lock_path(cfg), EXCLUSIVE, cfg.runtime.lock_timeout, holder_label(flow_name), log=print)
+    try:
+        for name in STAGES:
+            if name in READERS and lease is not None:
+                lease.release()
+            if name == CURATION[0]:
+                curation_stages(run)
+                if run.wants("curate"):
+                    run.results["archives"] = T.publish_archives_task(cfg, run.results.get("download") or {})
+            elif name not in CURATION:
+                run(name, T.task_for(name), name, cfg, alone)
+    finally:
+        if lease is not None:
+            lease.release()
     RUN_STATE["stage"] = None
     run_state_path(cfg).unlink(missing_ok=True)
 

@@ -61,7 +61,7 @@ def cocu_recurate(config_path: str = "configs/toy.yaml", overrides: Optional[lis
     wanted = set(RECURATE_STAGES) | ({"train", "evaluate"} if train else set())
     cfg.workpath.mkdir(parents=True, exist_ok=True)
     run = StageRun(cfg, [s for s in applicable_stages(cfg) if s in wanted])
-    execute(run)
+    execute(run, "cocu_recurate")
     rows, md = recurate_summary(run)
     publish.publish_table(cfg, "recurate", rows, "re-curation: new pairs and what changed")
     publish.publish_markdown(cfg, "recurate-summary", md, "re-curation summary")

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     """Why: run the flow; user errors are one line (exit 2), an interrupt one line (exit 130)."""
     args = parse(argv)
     from cocu_core.config import ConfigError
+    from cocu_core.errors import CocuError
 
     from flows.pipeline import RUN_STATE, cocu_pipeline
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(interrupted_line(RUN_STATE.get("stage"), args.config), file=sys.stderr, flush=True)
         return 130
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, CocuError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(result.get("summary", "") if isinstance(result, dict) else result, flush=True)

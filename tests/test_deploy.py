@@ -1,11 +1,12 @@
 """Deployments against a real Prefect server (slow): `prefect server start` on 127.0.0.1 (free port, own
-PREFECT_HOME), `cocu deploy` from deployments/prefect.yaml, a process worker, triggered runs read back
+PREFECT_HOME) backed by a PostgreSQL server the test starts (tests/pg_fixtures.py), `cocu deploy` from deployments/prefect.yaml, a process worker, triggered runs read back
 through the Prefect client.
 
 Checks: the re-curation schedule exists as configured; wrong parameters are clear errors (a wrong type
 is refused naming the parameter; a wrong value fails the run with one line in its state message);
 `cocu-pipeline` completes with every stage's artifacts; after new pairs are appended `cocu-recurate`
-counts them exactly; a cancelled run leaves no process behind. Server and worker are always stopped
+counts them exactly; a second re-curation triggered while one runs waits for it (the deployment's concurrency
+limit of one, ENQUEUE); a cancelled run leaves no process behind. Server and worker are always stopped
 (the worker with SIGINT) and no process of theirs remains.
 """
 
@@ -27,6 +28,7 @@ import pytest
 import yaml
 
 from ingest_fixtures import small_config
+from pg_fixtures import postgres_server
 from proc_fixtures import kill_marked, marked_processes, wait_all_gone, wait_until
 from cocu_core.toyworld import read_pairs
 
@@ -49,7 +51,10 @@ with get_client(sync_client=True) as c:
             d = c.read_deployment_by_name(name)
             out[name] = {"pool": d.work_pool_name, "parameters": d.parameters, "pull": d.pull_steps,
                          "schedules": [{"cron": s.schedule.cron, "timezone": s.schedule.timezone, "active": s.active}
-                                       for s in d.schedules]}
+                                       for s in d.schedules],
+                         "concurrency": {"limit": d.global_concurrency_limit.limit if d.global_concurrency_limit else None,
+                                         "collision_strategy": d.concurrency_options.collision_strategy.value
+                                         if d.concurrency_options else None}}
     elif a["do"] == "run":
         try:
             r = run_deployment(a["name"], parameters=a.get("parameters") or {}, timeout=a.get("timeout", 1500))
@@ -60,6 +65,18 @@ with get_client(sync_client=True) as c:
             out = {"id": str(r.id), "state": r.state.type.value, "message": r.state.message,
                    "artifacts": {x.key: x.data if isinstance(x.data, str) else json.dumps(x.data)
                                  for x in sorted(arts, key=lambda x: x.created) if x.key}}
+    elif a["do"] == "pair":  # two runs triggered back to back, followed to their end
+        ids = [run_deployment(a["name"], timeout=0).id for _ in range(2)]
+        t0 = time.time()
+        while time.time() - t0 < a.get("timeout", 1500):
+            runs = [c.read_flow_run(i) for i in ids]
+            if all(r.state.is_final() for r in runs):
+                break
+            time.sleep(1)
+        out = {"runs": [{"state": r.state.type.value, "message": r.state.message, "created": r.created.timestamp(),
+                         "start": r.start_time.timestamp(),
+                         "end": r.end_time.timestamp() if r.end_time else None,
+                         "states": [s.name for s in c.read_flow_run_states(r.id)]} for r in runs]}
     elif a["do"] == "start":
         out = {"id": str(run_deployment(a["name"], parameters=a.get("parameters") or {}, timeout=0).id)}
     elif a["do"] == "cancel":
@@ -102,7 +119,30 @@ def _stop(proc: subprocess.Popen, sig: int, waits: tuple[float, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(world_dir, toy_encoder_weights, tmp_path_factory):
+def database():
+    """Why: the Prefect server's PostgreSQL database, as production servers run it (SQLite stays `make run`'s)."""
+    with postgres_server() as url:
+        yield url
+
+
+def _prefect_tables(url: str) -> int:
+    """Why: proof that the server keeps its state in PostgreSQL (its flow_run table is there), not in SQLite."""
+    import asyncio
+
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            return await conn.fetchval("select count(*) from information_schema.tables where table_name = 'flow_run'")
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
+
+
+@pytest.fixture(scope="module")
+def stack(world_dir, toy_encoder_weights, tmp_path_factory, database):
     """Why: server + pool + deployments + worker for the module's tests, always torn down."""
     tmp = tmp_path_factory.mktemp("deploy")
     port = _free_port()
@@ -112,6 +152,7 @@ def stack(world_dir, toy_encoder_weights, tmp_path_factory):
     marks = {"server": uuid.uuid4().hex, "worker": uuid.uuid4().hex}
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env={**base, "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": api,
+                                   "PREFECT_API_DATABASE_CONNECTION_URL": database,
                                    "COCU_TEST_MARK": marks["server"]},
                               stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
@@ -124,6 +165,7 @@ def stack(world_dir, toy_encoder_weights, tmp_path_factory):
 
         assert wait_until(lambda: healthy() or server.poll() is not None, timeout=180, every=0.5) and healthy(), \
             (tmp / "server.log").read_text()[-3000:]
+        assert _prefect_tables(database) == 1
         env = {**base, "PREFECT_API_URL": api}
         # the config: a url-list folder (file:// URLs into the toy world), a trained toy encoder given as weights
         pairs = read_pairs(world_dir / "train").to_pylist()
@@ -206,6 +248,20 @@ def test_pipeline_then_recurate_after_new_pairs(stack):
     table = json.loads(r["artifacts"]["dep-recurate"])
     facts = {row["item"]: row["value"] for row in table}
     assert facts["new pairs in the list"] == 40 and facts["archive version"] == 2 and facts["previous version"] == 1
+
+
+def test_a_second_triggered_recurate_waits_for_the_first(stack):
+    """Prefect's own guard (deployments/prefect.yaml): one run at a time, a run triggered meanwhile queued, not run
+    beside the first nor dropped."""
+    rec = _client(stack, do="deployments", names=["cocu_recurate/cocu-recurate"])["cocu_recurate/cocu-recurate"]
+    assert rec["concurrency"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    runs = _client(stack, do="pair", name="cocu_recurate/cocu-recurate")["runs"]
+    first, second = sorted(runs, key=lambda r: r["start"])  # the queue's order is Prefect's, not the trigger order
+    assert first["state"] == second["state"] == "COMPLETED", (first, second)
+    # triggered while the other had not finished, it started only after the other had ended (a process worker runs
+    # flow runs side by side unless the limit holds them: the worker or the server, by Prefect version, keeps the
+    # second back, the server then naming its wait AwaitingConcurrencySlot)
+    assert second["created"] < first["end"] <= second["start"], (first, second)
 
 
 def test_cancelled_run_leaves_no_process(stack):

@@ -36,10 +36,18 @@ def test_render_takes_schedule_overrides_and_pool_from_the_command(tmp_path):
     assert pipe["parameters"] == {"config_path": "configs/toy.yaml", "overrides": ["curation.variant=v2"]}
     assert rec["parameters"]["config_path"] == "configs/toy.yaml" and rec["work_pool"]["name"] == "my-pool"
     assert gpu["work_pool"]["name"] == "cocu-gpu" and gpu["work_pool"]["job_variables"]["image"] == "cocu-gpu:latest"
-    # no cron in the config: no schedule; a config outside the clone is passed by absolute path
+    # the toy config names no cron: the default, daily at 03:00 UTC; a config outside the clone is passed by
+    # absolute path
     outside = tmp_path / "c.yaml"
     outside.write_text((ROOT / "configs" / "toy.yaml").read_text())
     spec = {d["name"]: d for d in render(load_config(outside), outside)["deployments"]}
+    assert spec["cocu-recurate"]["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
+    # one run of each deployment at a time, a run triggered meanwhile queued (Prefect's own guard)
+    for name in ("cocu-pipeline", "cocu-recurate"):
+        assert spec[name]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    # told otherwise (`cocu deploy --no-schedule`, or a null cron): no schedule
+    spec = {d["name"]: d for d in render(load_config(outside, {"runtime": {"recurate_cron": None}}),
+                                         outside)["deployments"]}
     assert spec["cocu-recurate"]["schedules"] == []
     assert spec["cocu-pipeline"]["parameters"]["config_path"] == str(outside.resolve())
     assert spec["cocu-pipeline"]["work_pool"]["name"] == "cocu-process"

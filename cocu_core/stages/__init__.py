@@ -23,7 +23,9 @@ from __future__ import annotations
 from typing import Optional
 
 from cocu_core.config import ConfigError, PipelineConfig
+from cocu_core.layout import lock_path
 from cocu_core.layout import stage_dir  # noqa: F401  (re-exported: `from cocu_core.stages import stage_dir`)
+from cocu_core.lock import state_line
 from cocu_core.stages import (concepts, curate, download, embed, encoder, evaluate, index, semantic_gap, toyworld,
                               train, vocabulary)
 from cocu_core.stages.base import Stage, StageStatus
@@ -90,4 +92,8 @@ def format_status(rows: list[StageStatus], cfg: PipelineConfig) -> str:
         lines.append(f"  {r.stage:<{width}}  {r.state:<7}  {', '.join(r.outputs)}".rstrip())
         for why in r.reasons:
             lines.append(f"  {'':<{width}}    - {why}")
+    rt = cfg.runtime
+    lines.append("re-curation schedule (deployment cocu-recurate, set by `cocu deploy`): "
+                 + (f"cron '{rt.recurate_cron}' ({rt.recurate_timezone})" if rt.recurate_cron else "none"))
+    lines.append(f"work-folder lock: {state_line(lock_path(cfg))}")
     return "\n".join(lines)

@@ -31,7 +31,9 @@ from typing import Any, Callable, Mapping, Optional
 from cocu_core.config import PipelineConfig, TrainConfig, fingerprint
 from cocu_core.errors import CocuError
 from cocu_core.io import read_json, read_manifest, stage_is_current, write_json_atomic, write_manifest
-from cocu_core.layout import stage_dir, train_variant
+from cocu_core.layout import lock_path, output_lock_path, stage_dir, train_variant
+from cocu_core.lock import EXCLUSIVE, SHARED, folder_lock
+from cocu_core.versions import pin_archives
 from cocu_core.stages.base import DONE, Context, Report, Stage, StageStatus, compare, upstream_key
 from cocu_core.stages.curate import oracle_archive
 
@@ -100,19 +102,31 @@ def train_stage(cfg: PipelineConfig, variant: Optional[str] = None, out_dir: Opt
     """Why: train (or reuse) the GroupViT of one variant; resumes a killed run from its newest checkpoint."""
     variant = train_variant(cfg, variant)
     out = Path(out_dir) if out_dir else train_dir_for(cfg, variant)
-    if variant == "oracle":
-        oracle_archive(cfg)  # refuses without a toy world; cached on (toy world, download)
-    shards, archives, inputs = train_inputs(cfg, variant)
-    fields = train_fields(cfg)
-    key = fingerprint({"inputs": inputs, "config": fields})
-    if stage_is_current(out, inputs, fields):
-        return {**read_json(out / "train_report.json"), "cached": True, "dir": str(out)}
-    state = out / "state.json"
-    if out.exists() and (not resume or not state.is_file() or read_json(state).get("cache_key") != key):
-        shutil.rmtree(out)  # checkpoints of other inputs or settings: not resumable
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(state, {"cache_key": key})
-    (out / "manifest.json").unlink(missing_ok=True)
+    timeout = cfg.runtime.lock_timeout
+    with folder_lock(output_lock_path(out), EXCLUSIVE, timeout, f"a training of '{variant}' into {out}", log):
+        with folder_lock(lock_path(cfg), SHARED, timeout, "a training pinning its archives", log):
+            # Under the shared work-folder lock no curation is writing: the archives are whole and one version.
+            if variant == "oracle":
+                oracle_archive(cfg)  # refuses without a toy world; cached on (toy world, download)
+            shards, archives, inputs = train_inputs(cfg, variant)
+            fields = train_fields(cfg)
+            key = fingerprint({"inputs": inputs, "config": fields})
+            if stage_is_current(out, inputs, fields):
+                return {**read_json(out / "train_report.json"), "cached": True, "dir": str(out)}
+            state = out / "state.json"
+            if out.exists() and (not resume or not state.is_file() or read_json(state).get("cache_key") != key):
+                shutil.rmtree(out)  # checkpoints of other inputs or settings: not resumable
+            out.mkdir(parents=True, exist_ok=True)
+            if archives is not None:  # what this training reads to its end, resumes included; re-curation cannot touch it
+                archives = pin_archives(archives, out / "archives")
+            write_json_atomic(state, {"cache_key": key})
+            (out / "manifest.json").unlink(missing_ok=True)
+        return _train(cfg, shards, archives, out, variant, inputs, fields, state, log, progress)
+
+
+def _train(cfg: PipelineConfig, shards: Path, archives: Optional[Path], out: Path, variant: str, inputs: str,
+           fields: dict[str, Any], state: Path, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    """Why: the training itself, on the pinned archives, with only the training's own folder locked."""
     world = cfg.train.processes * cfg.train.nnodes
     if world > 1:
         report = _launch_torchrun(cfg, shards, archives, out, variant, log, progress)
