@@ -20,7 +20,8 @@ from ingest_fixtures import CORRUPT_INDEX, EMPTY_CAPTION_INDEX, MISSING_INDEX, f
 from cocu_core.config import ToyWorldConfig
 from cocu_core.curation import ArchiveReader
 from cocu_core.stages.download import download_stage
-from cocu_core.evaluation.training_signal import epoch_plan, format_training_signal, signal_scores, training_signal
+from cocu_core.evaluation.training_signal import (epoch_plan, format_training_signal, replay_draws, signal_scores,
+                                                  training_signal)
 from cocu_core.stages.semantic_gap import arm_inputs, training_signal_stage
 from cocu_core.toyworld import generate_world, read_pairs, serve_directory, write_url_list
 from cocu_core.toyworld.concepts import BY_NAME
@@ -202,12 +203,20 @@ def test_training_signal_replays_exactly_what_the_loader_gives(work, tmp_path):
         plan = epoch_plan(cfg.train.epochs, data.steps_per_epoch, cfg.train.max_steps)
         assert plan == [(0, 5), (1, 5), (2, 3)]
         seen = loader_draws(data, plan)
+        # the replay's own draws are the loader's, concept for concept and epoch after epoch (decoded batches)
+        replayed = replay_draws(data, plan)
         data.close()
         keys = [k for k in data.keys.tolist() if k in seen]
+        assert {k: d for k, d in zip(data.keys.tolist(), replayed) if d is not None} == seen, arm
+        # scored by signal_scores, itself checked by hand in test_signal_scores_by_hand
         expect = signal_scores([pairs[sid[k]]["concepts"] for k in keys], [pairs[sid[k]]["named"] for k in keys],
                                [seen[k] for k in keys], epochs=3)
         assert rows[arm] == pytest.approx(expect, nan_ok=True), arm
         assert rows[arm]["images"] == len(keys) and rows[arm]["prompts"] == sum(len(v) for v in seen.values())
+        if arm == "oracle":  # oracle prompts are class names: its coverage by plain sets, without signal_scores
+            gts = [set(pairs[sid[k]]["concepts"]) for k in keys]
+            cover = [len((set(pairs[sid[k]]["named"]) | set(seen[k])) & g) / len(g) for k, g in zip(keys, gts) if g]
+            assert rows[arm]["gt_coverage"] == pytest.approx(sum(cover) / len(cover))
     assert rows["oracle"]["wrong_prompt_fraction"] == 0.0
     assert rows["oracle"]["gt_coverage"] > rows["baseline"]["gt_coverage"]
     assert rows["baseline"]["missing_coverage"] < rows["oracle"]["missing_coverage"]
