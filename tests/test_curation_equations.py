@@ -5,6 +5,11 @@ Concept embeddings are the basis vectors e_0..e_3, so s(x, c) is simply componen
     v1 = (0.6, 0.0, 0.8, 0.0)   caption concepts {c0, c2}
     v2 = (0.0, 0.28, 0.0, 0.96) caption concepts {c3}
 With N = 2 every other image is a neighbour; c1 is never mentioned, so it is in no archive.
+
+Source and reading: the paper's Eq. 6-8 (CoCu, NeurIPS 2023, Sec. 3.2). Eq. 8's normaliser M_x is read as the
+authors' release computes it: the maximum similarity over all retrieved members (the image itself included) and
+all candidate concepts of the image, one number per image (0.96 for x0 and x1 below), not a per-concept maximum.
+The denominator clamp (last test) is a deliberate departure from the paper, which has none: EPS = 0.01.
 """
 
 import numpy as np
@@ -79,4 +84,4 @@ def test_t2v_denominators_are_clamped_where_a_weak_encoder_gives_near_zero_means
     assert naive[0, 0] == 0.05
     # unclamped Eq. 7 would give 0.05 / -0.005 = -10 (sign flipped by noise); clamped it is 0.05 / EPS
     assert t2v[0, 0] == 0.05 / 0.05 + 0.05 / EPS
-    assert EPS <= 0.05  # never binds at CLIP's similarity scale (0.1-0.4)
+    assert EPS == 0.01  # the departure's literal value: below CLIP's similarity scale (0.1-0.4), so it never binds there
