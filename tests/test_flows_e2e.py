@@ -13,7 +13,8 @@ previous ones' outputs, so run the module, not one of its tests alone):
      archives equal the literal per-image reference;
   4. `kill -9` during `--only curate`, then a rerun one shard at a time: finished shards skipped, the archives
      equal those curated three at a time;
-  5. `kill -9` during training, then a rerun: it resumes from the last checkpoint with the same loss curve;
+  5. `kill -9` during training, then a rerun: it resumes from the newest checkpoint keeping the curve up to it
+     (equal losses to an uninterrupted run are the loop test's: test_train_loop.py);
   6. `cocu_ablation` (2 arms x 2 seeds) on the same work folder: its upstream is the pipeline's own cached
      stages; outputs, artifacts, every run reused on a rerun, a lost evaluation redone alone, and the
      missing-archive error.
@@ -319,17 +320,15 @@ def _curve(world) -> list[dict]:
 
 
 def test_sigkill_during_training_resumes_with_the_same_curve(world):
+    """Why: `kill -9` of `cocu run --only train` leaves no process and a rerun resumes from the newest checkpoint,
+    keeping the curve it had. That resumed losses equal an uninterrupted run's, step for step, is proven by
+    test_train_loop.py::test_resume_after_sigkill_repeats_the_same_losses (the loop itself); here the CLI path."""
+    import re
     import shutil
 
     train = ["--only", "train", "--set", "train.max_steps=10", "--set", "train.checkpoint_every=2",
              "--set", "train.log_every=1"]
     train_dir = world["cfg"].workpath / "train" / "cocu"
-    mark = uuid.uuid4().hex
-    proc, log = _start(world, *train, mark=mark)  # uninterrupted reference
-    assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
-    reference = _curve(world)
-    assert len(reference) == 10
-
     shutil.rmtree(train_dir)
     mark = uuid.uuid4().hex
     proc, log = _start(world, *train, mark=mark)
@@ -343,14 +342,19 @@ def test_sigkill_during_training_resumes_with_the_same_curve(world):
     finally:
         kill_marked(mark)
     assert not (train_dir / "final.pt").exists()
+    killed = _curve(world)  # written atomically: the rows up to the kill
+    newest = max(int(p.stem.split("_")[1]) for p in (train_dir / "checkpoints").glob("step_*.pt"))
     mark = uuid.uuid4().hex
     proc, log = _start(world, *train, mark=mark)
     assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
-    assert "train: resumed from step_" in log.read_text()
-    resumed = _curve(world)  # the curve continues where it stopped: same steps and rates, the same losses
-    assert [(r["step"], r["epoch"], r["lr"]) for r in resumed] == [(r["step"], r["epoch"], r["lr"]) for r in reference]
-    for a, b in zip(resumed, reference):  # to float noise: MKL may use fewer threads on a busy machine
-        assert all(abs(float(a[k]) - float(b[k])) < 1e-4 for k in ("loss", "loss_image_text", "loss_multi_label")), (a, b)
+    m = re.search(r"train: resumed from step_(\d{8})\.pt \(epoch \d+, step (\d+)\)", log.read_text())
+    assert m and int(m.group(1)) == int(m.group(2)) == newest, log.read_text()[-3000:]
+    resumed = _curve(world)
+    assert [int(r["step"]) for r in resumed] == list(range(1, 11))
+    # the rows before the checkpoint it resumed from are the killed run's, unchanged; the rest are new and finite
+    kept = [r for r in killed if int(r["step"]) <= newest]
+    assert kept and resumed[:len(kept)] == kept
+    assert all(np.isfinite(float(r["loss"])) for r in resumed)
 
 
 ABLATION_FLOW = r"""
