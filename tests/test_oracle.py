@@ -237,3 +237,51 @@ def test_training_signal_stage_caches_on_arms_and_training_fields(work, tmp_path
     longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 3})})
     rows3, cached = training_signal_stage(longer)
     assert not cached and rows3["oracle"]["epochs"] == 3
+
+
+def _curve_values(folder: Path) -> list[dict]:
+    import csv
+
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")}
+            for r in csv.DictReader((folder / "loss_curve.csv").open())]
+
+
+def _as_killed(folder: Path) -> None:
+    """A finished run turned into one killed after its last checkpoint: checkpoints and state stay, no result."""
+    for f in ("final.pt", "manifest.json", "train_report.json"):
+        (folder / f).unlink(missing_ok=True)
+    assert list((folder / "checkpoints").glob("step_*.pt")) and (folder / "state.json").is_file()
+
+
+def test_no_resume_across_settings_a_changed_lr_trains_afresh(work, tmp_path):
+    from cocu_core.stages.train import train_stage
+
+    w = tmp_path / "w"
+    shutil.copytree(work / "download", w / "download")
+    cfg = cfg_for(w, max_steps=4, checkpoint_every=2, epochs=1)
+    out = w / "train" / "baseline"
+
+    def train(c, logs: list[str]) -> dict:
+        return train_stage(c, variant="baseline", progress=False, log=logs.append)
+
+    train(cfg, [])
+    first = _curve_values(out)
+    _as_killed(out)
+    same: list[str] = []
+    train(cfg, same)  # the same settings: it resumes (the control: the check below can fail)
+    assert any(m.startswith("train: resumed from step_00000004.pt") for m in same), same
+    _as_killed(out)
+    lr = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": cfg.train.lr * 3})})
+    logs: list[str] = []
+    rep = train(lr, logs)
+    assert not any("resumed from" in m for m in logs), logs  # other settings: the old checkpoints are not used
+    assert rep["steps"] == 4
+    fresh = tmp_path / "fresh"
+    shutil.copytree(work / "download", fresh / "download")
+    lr_fresh = lr.model_copy(update={"workdir": str(fresh)})
+    train(lr_fresh, [])
+    got, want = _curve_values(out), _curve_values(fresh / "train" / "baseline")  # the curve of a fresh run
+    assert [(r["step"], r["epoch"], r["lr"]) for r in got] == [(r["step"], r["epoch"], r["lr"]) for r in want]
+    for a, b in zip(got, want):
+        assert all(abs(float(a[k]) - float(b[k])) < 1e-5 for k in ("loss", "loss_image_text", "loss_multi_label"))
+    assert [r["lr"] for r in got] != [r["lr"] for r in first]  # and not the old settings' curve
