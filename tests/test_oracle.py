@@ -247,10 +247,13 @@ def _curve_values(folder: Path) -> list[dict]:
 
 
 def _as_killed(folder: Path) -> None:
-    """A finished run turned into one killed after its last checkpoint: checkpoints and state stay, no result."""
+    """A finished run turned into one killed after its last checkpoint: checkpoints stay, and the state file a run
+    writes when it starts (its cache key; a finished run removes it) is put back; no result."""
+    key = json.loads((folder / "manifest.json").read_text())["cache_key"]
     for f in ("final.pt", "manifest.json", "train_report.json"):
         (folder / f).unlink(missing_ok=True)
-    assert list((folder / "checkpoints").glob("step_*.pt")) and (folder / "state.json").is_file()
+    (folder / "state.json").write_text(json.dumps({"cache_key": key}))
+    assert list((folder / "checkpoints").glob("step_*.pt"))
 
 
 def test_no_resume_across_settings_a_changed_lr_trains_afresh(work, tmp_path):
