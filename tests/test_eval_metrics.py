@@ -163,3 +163,21 @@ def test_metrics_from_matrix_on_a_hand_built_matrix_with_out_of_range_row_and_co
     cm = ConfusionMatrix(2)
     cm.update(p, y)
     np.testing.assert_array_equal(cm.matrix.numpy().reshape(3, 3), m)
+
+
+def test_report_record_and_table_are_the_literal_ones():
+    # the hand-built matrix above: IoU 3/11 and 4/5, Acc 1/2 and 1, aAcc 7/10 (values worked out there)
+    r = metrics_from_matrix(np.array([[3, 1, 2], [0, 4, 0], [5, 0, 0]]))
+    d = r.to_dict(["a", "b"])
+    assert set(d) == {"mIoU", "mAcc", "aAcc", "pixels", "per_class"} and d["pixels"] == 10
+    assert (d["mIoU"], d["mAcc"], d["aAcc"]) == pytest.approx(((3 / 11 + 0.8) / 2, 0.75, 0.7))
+    assert d["per_class"]["a"] == pytest.approx({"IoU": 3 / 11, "Acc": 0.5})
+    assert d["per_class"]["b"] == pytest.approx({"IoU": 0.8, "Acc": 1.0}) and list(d["per_class"]) == ["a", "b"]
+    # mmseg's per-class table, percentages with 2 decimals, names cut at 24 characters
+    assert r.table(["a" * 30, "b"]).splitlines() == [
+        "class                        IoU     Acc",
+        "aaaaaaaaaaaaaaaaaaaaaaaa   27.27   50.00",
+        "b                          80.00  100.00",
+        "mIoU / mAcc / aAcc         53.64   75.00   70.00"]
+    with pytest.raises(ValueError, match=r"^1 class names for 2 classes$"):
+        r.to_dict(["a"])
