@@ -181,3 +181,6 @@ def test_report_record_and_table_are_the_literal_ones():
         "mIoU / mAcc / aAcc         53.64   75.00   70.00"]
     with pytest.raises(ValueError, match=r"^1 class names for 2 classes$"):
         r.to_dict(["a"])
+    # a class in neither map prints "nan", not a number
+    absent = metrics_from_matrix(np.array([[2, 0, 0], [0, 0, 0], [0, 0, 0]]))
+    assert absent.table(["a", "b"]).splitlines()[2] == f"{'b':<24} {'nan':>7} {'nan':>7}"
