@@ -8,7 +8,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test test-fast bench ablation clean
+.PHONY: setup run test test-fast bench ablation mutation clean
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,13 @@ bench: setup
 # 2 CPU cores; outputs in runs/toy/ablation/ (table.md, loss_curves.png, maps/, report.md).
 ablation: setup
 	$(VENV)/bin/cocu ablation --config configs/toy.yaml
+
+# Mutation testing of the core numeric modules (curation ranking and sampling, evaluation metrics and segmentation,
+# training losses and optimiser schedule) against their fast tests, on a copy of the tree; not part of CI.
+# Needs mutmut 2 (`pip install -e '.[mutation]'`); results and surviving mutants' diffs in runs/mutation/.
+mutation: setup
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q "mutmut>=2.4,<3"
+	@PY=$(abspath $(PY)) bash scripts/mutation.sh runs/mutation
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,6 +13,9 @@ for k, v in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "HF_HUB_OFFLINE": "1",
     "NLTK_DATA": str(ROOT / ".nltk_data"),
+    # Prefect waits 20 s for its ephemeral server by default; on a loaded 2-core machine a flow's second start
+    # took longer and failed with "Timed out while attempting to connect" (test_flows_recurate, 2026-12-03)
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }.items():
     os.environ.setdefault(k, v)
 

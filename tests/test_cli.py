@@ -51,12 +51,16 @@ def test_library_cli_has_no_flow_commands_but_the_rest():
 
 
 def test_toyworld_writes_splits_and_prints_gap(tmp_path):
-    r = _cocu("toyworld", "--out", str(tmp_path / "w"), "--n", "2000")
+    # --n 150: web 2n, val n/10 (15, above the floor of 10); 465 images where the README's --n 2000 renders 6,200
+    r = _cocu("toyworld", "--out", str(tmp_path / "w"), "--n", "150")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "train=2000" in r.stdout and "web=4000" in r.stdout and "val=200" in r.stdout
+    assert "train=150" in r.stdout and "web=300" in r.stdout and "val=15" in r.stdout
     assert "ALL stuff" in r.stdout and "gap %" in r.stdout
-    for split in ("web", "train", "val"):
-        assert (tmp_path / "w" / split / "pairs.parquet").is_file()
+    import pyarrow.parquet as pq
+
+    for split, n in (("web", 300), ("train", 150), ("val", 15)):
+        rows = pq.read_table(tmp_path / "w" / split / "pairs.parquet").to_pylist()
+        assert len(rows) == n and all((tmp_path / "w" / split / row["file"]).is_file() for row in rows)
 
 
 def test_bad_config_is_one_clear_line(tmp_path):

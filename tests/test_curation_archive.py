@@ -1,5 +1,8 @@
 """Archive round trip: write -> read, schema version and metadata present, atomic (no temp files)."""
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -62,3 +65,48 @@ def test_naive_variant_reader_uses_naive_scores(tmp_path):
     np.testing.assert_allclose(e.scores, t.to_pylist()[4]["naive_scores"])
     assert e.cluster_ids is None
     assert list(e.scores) == sorted(e.scores, reverse=True)
+
+
+# --- the version-1 format is frozen ----------------------------------------------------------------------------------
+# A literal copy of the v1 schema and a v1 file checked into tests/data (written once by write_archive at version 1):
+# a change to ARCHIVE_SCHEMA without a version bump, or a reader that no longer reads what v1 wrote, fails here.
+V1_SCHEMA = [("key", "string", False), ("caption", "string", True), ("caption_concept_ids", "list<item: int32>", True),
+             ("concept_ids", "list<item: int32>", True), ("concepts", "list<item: string>", True),
+             ("naive_scores", "list<item: float>", True), ("t2v_scores", "list<item: float>", True),
+             ("cluster_ids", "list<item: int16>", True), ("neighbour_keys", "list<item: string>", True)]
+V1_FILE = Path(__file__).parent / "data" / "archive_v1" / "archive_00000.parquet"
+V1_SHA256 = "ae9fc825c6e1072a41aca711c15a173cf448e508dffe605a350cc2a8651a43f6"
+
+
+def test_archive_schema_of_version_1_is_frozen():
+    from cocu_core.curation.archive import ARCHIVE_SCHEMA
+
+    if ARCHIVE_VERSION == 1:
+        assert [(f.name, str(f.type), f.nullable) for f in ARCHIVE_SCHEMA] == V1_SCHEMA
+    else:  # a new version must still read v1 files or refuse them clearly (ArchiveReader's version check)
+        with pytest.raises(ArchiveError, match="schema version"):
+            ArchiveReader(V1_FILE.parent)
+
+
+def test_a_checked_in_version_1_archive_is_read_by_the_current_reader():
+    assert hashlib.sha256(V1_FILE.read_bytes()).hexdigest() == V1_SHA256  # the fixture itself never rewritten
+    assert parquet_schema_version(V1_FILE) == 1
+    meta = parquet_metadata(V1_FILE)
+    assert meta["encoder"] == "open_clip:cocu-tiny/frozen-v1" and meta["vocabulary"] == "vocab-v1"
+    if ARCHIVE_VERSION != 1:
+        pytest.skip("the reader is past version 1; test_archive_schema_of_version_1_is_frozen checks it refuses v1")
+    reader = ArchiveReader(V1_FILE.parent)
+    assert reader.variant == "cocu" and len(reader) == 3 and list(reader.keys()) == ["000000000", "000000001",
+                                                                                      "000000002"]
+    e = reader.get("000000000")
+    assert (e.caption, e.concepts, e.concept_ids.tolist()) == ("a red kite over the beach", ["kite", "sand", "sky"],
+                                                               [4, 2, 7])
+    np.testing.assert_allclose(e.scores, [1.75, 1.5, 1.25])  # cocu reads the t2v scores
+    assert e.cluster_ids.tolist() == [0, 1, 1] and e.caption_concept_ids.tolist() == [4]
+    assert e.neighbour_keys == ["000000002", "000000001"]
+    empty = reader.get("000000002")
+    assert empty.concepts == [] and empty.caption == "" and ConceptSampler("cocu", k=2).sample(empty) == ["", ""]
+    # the sampler draws from the v1 clusters: one concept of each of the 2 clusters, then the caption pads
+    drawn = ConceptSampler("cocu", k=3, seed=0).sample(e)
+    assert drawn[0] in {"kite", "sand", "sky"} and drawn[2] == e.caption
+    assert {drawn[0], drawn[1]} & {"kite"} and len({drawn[0], drawn[1]} & {"sand", "sky"}) == 1

@@ -5,6 +5,11 @@ Concept embeddings are the basis vectors e_0..e_3, so s(x, c) is simply componen
     v1 = (0.6, 0.0, 0.8, 0.0)   caption concepts {c0, c2}
     v2 = (0.0, 0.28, 0.0, 0.96) caption concepts {c3}
 With N = 2 every other image is a neighbour; c1 is never mentioned, so it is in no archive.
+
+Source and reading: the paper's Eq. 6-8 (CoCu, NeurIPS 2023, Sec. 3.2). Eq. 8's normaliser M_x is read as the
+authors' release computes it: the maximum similarity over all retrieved members (the image itself included) and
+all candidate concepts of the image, one number per image (0.96 for x0 and x1 below), not a per-concept maximum.
+The denominator clamp (last test) is a deliberate departure from the paper, which has none: EPS = 0.01.
 """
 
 import numpy as np
@@ -79,4 +84,27 @@ def test_t2v_denominators_are_clamped_where_a_weak_encoder_gives_near_zero_means
     assert naive[0, 0] == 0.05
     # unclamped Eq. 7 would give 0.05 / -0.005 = -10 (sign flipped by noise); clamped it is 0.05 / EPS
     assert t2v[0, 0] == 0.05 / 0.05 + 0.05 / EPS
-    assert EPS <= 0.05  # never binds at CLIP's similarity scale (0.1-0.4)
+    assert EPS == 0.01  # the departure's literal value: below CLIP's similarity scale (0.1-0.4), so it never binds there
+
+
+def test_eq8_maximum_counts_only_each_concepts_own_members_and_real_slots():
+    from cocu_core.curation.ranking import t2v_scores
+
+    # one image; members: itself and one neighbour; slots: concept 0 (real) and a padding slot
+    S = np.array([[[0.2, 0.3], [0.9, 0.95]]])
+    in_set = np.array([[[True, True], [False, True]]])  # the neighbour's caption does not name concept 0
+    valid = np.array([[True, False]])
+    naive, t2v = t2v_scores(S, in_set, valid)
+    # concept 0: X_c = {} so mean = s0 = 0.2, and M = 0.2 (the neighbour's 0.9 is not in X_c, the padding's 0.95 is no
+    # concept): r = 0.2 / 0.2 + 0.2 / 0.2
+    assert t2v[0, 0] == pytest.approx(2.0) and naive[0, 0] == pytest.approx(0.2)
+    assert np.isnan(t2v[0, 1]) and np.isnan(naive[0, 1])
+
+
+def test_rank_order_breaks_score_ties_by_concept_id_including_id_zero():
+    from cocu_core.curation.ranking import rank_order
+
+    archive = np.array([[2, 0, -1, 5], [7, 3, 0, -1]])
+    score = np.array([[0.5, 0.5, np.nan, 0.9], [0.1, 0.1, 0.1, np.nan]])
+    # row 0: 5 (0.9) then the 0.5 tie in id order 0, 2, then the empty slot; row 1: a three-way tie 0, 3, 7
+    assert rank_order(archive, score).tolist() == [[3, 1, 0, 2], [2, 1, 0, 3]]

@@ -97,3 +97,19 @@ def test_seeded_sampler_is_reproducible():
     s1, s2 = ConceptSampler("cocu", k=3, seed=7), ConceptSampler("cocu", k=3, seed=7)
     assert [s1.sample(_entry()) for _ in range(20)] == [s2.sample(_entry()) for _ in range(20)]
     assert a[0] == a[1] == a[2]
+
+
+def test_defaults_bounds_and_messages_are_the_documented_ones():
+    # the defaults are GroupViT's/CoCu's K = 3 prompts and seed 0
+    d, ref = ConceptSampler("cocu"), ConceptSampler("cocu", k=3, seed=0)
+    assert d.k == 3 and d.naive_sampling == "topk"
+    assert [d.sample(_entry()) for _ in range(10)] == [ref.sample(_entry()) for _ in range(10)]
+    # k = 1 is allowed (one prompt), 0 is not
+    assert ConceptSampler("v2", k=1).sample(_entry(clusters=None)) == ["a"]
+    assert len(ConceptSampler("cocu", k=1).sample(_entry())) == 1
+    with pytest.raises(ValueError, match=r"^k must be >= 1, got 0$"):
+        ConceptSampler("cocu", k=0)
+    with pytest.raises(ValueError, match=r"^naive_sampling must be 'topk' or 'weighted', got 'nope'$"):
+        ConceptSampler("v2", naive_sampling="nope")
+    with pytest.raises(ValueError, match=r"^sample 'k': the archive has no cluster ids \(curated as a naive variant\)$"):
+        ConceptSampler("cocu").sample(_entry(clusters=None))

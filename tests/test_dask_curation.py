@@ -61,6 +61,7 @@ def _same_archives(a: Path, b: Path, shards: list[str]) -> None:
         assert ta.num_rows == SHARD and ta.equals(tb) and ta.schema.metadata == tb.schema.metadata, s
 
 
+@pytest.mark.slow  # a local Dask cluster of 2 processes (tens of seconds on 2 cores)
 def test_dask_local_cluster_writes_the_local_runners_archives(run, tmp_path):
     from distributed import Client, LocalCluster
 
@@ -80,6 +81,7 @@ def test_dask_local_cluster_writes_the_local_runners_archives(run, tmp_path):
     _same_archives(local, out, shards)
 
 
+@pytest.mark.slow  # a local Ray (tens of seconds on 2 cores)
 def test_ray_local_cluster_writes_the_local_runners_archives(run, tmp_path):
     import ray
     cfg, data, index, upstream, shards, local = run
@@ -109,10 +111,13 @@ def test_task_runner_setting_builds_each_engines_prefect_runner(tmp_path):
 
     threads = task_runner_for(cfg(concurrency=3))
     assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
-    local = task_runner_for(cfg(task_runner="dask", concurrency=2, threads=1))
+    local = task_runner_for(cfg(task_runner="dask", concurrency=2, threads=3))
     assert isinstance(local, DaskTaskRunner) and local.address is None
-    assert local.cluster_kwargs == dask_cluster_kwargs(cfg(task_runner="dask", concurrency=2, threads=1))
-    assert local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["env"]["OMP_NUM_THREADS"] == "1"
+    assert local.cluster_kwargs == {"n_workers": 2, "threads_per_worker": 1, "processes": True, "env": {
+        "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3"}}
+    # threads 0 = cores // workers: 1 on 2 cores with 2 workers
+    assert dask_cluster_kwargs(cfg(task_runner="dask", concurrency=2))["env"]["OMP_NUM_THREADS"] == \
+        str(max(1, len(os.sched_getaffinity(0)) // 2))
     remote = task_runner_for(cfg(task_runner="dask", task_runner_address="tcp://10.0.0.5:8786"))
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
     ray_runner = task_runner_for(cfg(task_runner="ray", task_runner_address="ray://10.0.0.5:10001"))

@@ -143,11 +143,44 @@ def test_bad_inputs_are_clear():
         cm.results().to_dict(["only one"])
 
 
-def test_metrics_from_matrix_matches_accumulator():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 6, size=(50, 50))
-    p = rng.integers(0, 6, size=(50, 50))
-    cm = ConfusionMatrix(6)
+def test_metrics_from_matrix_on_a_hand_built_matrix_with_out_of_range_row_and_column():
+    # 2 classes + the out-of-range row/column (index 2). Rows = ground truth, columns = prediction.
+    m = np.array([[3, 1, 2],   # class 0: 3 right, 1 as class 1, 2 predicted out of range
+                  [0, 4, 0],   # class 1: 4 right
+                  [5, 0, 0]])  # label out of range (not ignored), predicted class 0: counts in P_0 only
+    r = metrics_from_matrix(m)
+    # class 0: I=3, G=3+1+2=6, P=3+0+5=8, U=11; class 1: I=4, G=4, P=1+4=5, U=5
+    np.testing.assert_allclose(r.iou, [3 / 11, 4 / 5])
+    np.testing.assert_allclose(r.acc, [3 / 6, 4 / 4])
+    assert r.miou == pytest.approx((3 / 11 + 4 / 5) / 2)
+    assert r.macc == pytest.approx((1 / 2 + 1) / 2)
+    assert r.aacc == pytest.approx(7 / 10)  # sum I / sum G: the out-of-range label row is not in G
+    assert r.pixels == 10
+    np.testing.assert_array_equal(r.confusion, [[3, 1], [0, 4]])
+    # the accumulator reaches the same matrix from pixels: 3x(0,0) 1x(0,1) 2x(0,-1) 4x(1,1) 5x(7,0) and ignored
+    pairs = [(0, 0)] * 3 + [(0, 1)] + [(0, -1)] * 2 + [(1, 1)] * 4 + [(7, 0)] * 5 + [(255, 1)] * 3
+    y, p = (torch.tensor(v) for v in zip(*pairs))
+    cm = ConfusionMatrix(2)
     cm.update(p, y)
-    direct = metrics_from_matrix(cm.matrix.numpy().reshape(7, 7))
-    assert direct.miou == cm.results().miou
+    np.testing.assert_array_equal(cm.matrix.numpy().reshape(3, 3), m)
+
+
+def test_report_record_and_table_are_the_literal_ones():
+    # the hand-built matrix above: IoU 3/11 and 4/5, Acc 1/2 and 1, aAcc 7/10 (values worked out there)
+    r = metrics_from_matrix(np.array([[3, 1, 2], [0, 4, 0], [5, 0, 0]]))
+    d = r.to_dict(["a", "b"])
+    assert set(d) == {"mIoU", "mAcc", "aAcc", "pixels", "per_class"} and d["pixels"] == 10
+    assert (d["mIoU"], d["mAcc"], d["aAcc"]) == pytest.approx(((3 / 11 + 0.8) / 2, 0.75, 0.7))
+    assert d["per_class"]["a"] == pytest.approx({"IoU": 3 / 11, "Acc": 0.5})
+    assert d["per_class"]["b"] == pytest.approx({"IoU": 0.8, "Acc": 1.0}) and list(d["per_class"]) == ["a", "b"]
+    # mmseg's per-class table, percentages with 2 decimals, names cut at 24 characters
+    assert r.table(["a" * 30, "b"]).splitlines() == [
+        "class                        IoU     Acc",
+        "aaaaaaaaaaaaaaaaaaaaaaaa   27.27   50.00",
+        "b                          80.00  100.00",
+        "mIoU / mAcc / aAcc         53.64   75.00   70.00"]
+    with pytest.raises(ValueError, match=r"^1 class names for 2 classes$"):
+        r.to_dict(["a"])
+    # a class in neither map prints "nan", not a number
+    absent = metrics_from_matrix(np.array([[2, 0, 0], [0, 0, 0], [0, 0, 0]]))
+    assert absent.table(["a", "b"]).splitlines()[2] == f"{'b':<24} {'nan':>7} {'nan':>7}"

@@ -80,9 +80,19 @@ def test_sliding_window_equals_whole_image_when_the_window_covers_it(model):
     whole = window_logits(model, x, classes, settings(bg_thresh=0.5))[0]
     slid = slide_logits(model, x, classes, settings(bg_thresh=0.5, crop=96, stride=64))
     assert torch.allclose(whole, slid, atol=1e-6)
-    # overlapping windows: every pixel is covered, and the result is the average of the windows covering it
+    # overlapping windows: each pixel is the average of the windows covering it. 48x80, crop 32, stride 16:
+    # rows start at 0, 16 and columns at 0, 16, 32, 48 (mmseg's grid), 8 windows run 4 at a time
     many = slide_logits(model, x, classes, settings(crop=32, stride=16))
-    assert many.shape == (len(NAMES), 48, 80) and torch.isfinite(many).all()
+    assert many.shape == (len(NAMES), 48, 80)
+    one = {(y, c): window_logits(model, x[:, :, y:y + 32, c:c + 32], classes, settings())[0]
+           for y in (0, 16) for c in (0, 16, 32, 48)}
+    assert torch.allclose(many[:, 0, 0], one[0, 0][:, 0, 0], atol=1e-6)  # a corner: one window only
+    # pixel (20, 40): rows 0 and 16 x columns 16 and 32 cover it, at offsets (20|4, 24|8) in those windows
+    four = (one[0, 16][:, 20, 24] + one[0, 32][:, 20, 8] + one[16, 16][:, 4, 24] + one[16, 32][:, 4, 8]) / 4
+    assert torch.allclose(many[:, 20, 40], four, atol=1e-6)
+    # pixel (40, 70): only the last row (16) and the last column (48) cover it
+    assert torch.allclose(many[:, 40, 70], one[16, 48][:, 24, 22], atol=1e-6)
+    assert not torch.allclose(one[0, 16][:, 20, 24], four, atol=1e-4)  # the windows do disagree: averaging shows
 
 
 def test_window_grid_and_rescale_follow_mmseg():
@@ -116,7 +126,7 @@ def test_evaluate_stage_writes_table_panels_and_palette_predictions(model, toy_v
         "datasets": ["toy"], "roots": {"toy": str(toy_val)}, "panels": 2, "save_predictions": str(preds)}})
     rep = evaluate_stage(cfg, ck, out_dir=tmp_path / "ev", progress=False, log=lambda m: None)
     seg = rep["segmentation"]["toy"]
-    assert seg["images"] == 6 and 0 <= seg["mIoU"] <= 100
+    assert seg["images"] == 6  # the mIoU itself is recomputed from the saved prediction files below
     assert set(seg["per_class_iou"]) == set(ToyDatasetNames())
     assert "| model | toy | avg |" in rep["table"]
     for f in ("results.json", "table.md", "per_class_iou.md", "report.md", "manifest.json"):

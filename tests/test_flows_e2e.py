@@ -13,7 +13,8 @@ previous ones' outputs, so run the module, not one of its tests alone):
      archives equal the literal per-image reference;
   4. `kill -9` during `--only curate`, then a rerun one shard at a time: finished shards skipped, the archives
      equal those curated three at a time;
-  5. `kill -9` during training, then a rerun: it resumes from the last checkpoint with the same loss curve;
+  5. `kill -9` during training, then a rerun: it resumes from the newest checkpoint keeping the curve up to it
+     (equal losses to an uninterrupted run are the loop test's: test_train_loop.py);
   6. `cocu_ablation` (2 arms x 2 seeds) on the same work folder: its upstream is the pipeline's own cached
      stages; outputs, artifacts, every run reused on a rerun, a lost evaluation redone alone, and the
      missing-archive error.
@@ -31,6 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -223,12 +225,22 @@ def test_variant_switch_curates_trains_and_evaluates_only_that_variant(world):
         entries = [reader.get(k) for k in meta.column("key").to_pylist()]
         assert sum(len(e.concepts) > 0 for e in entries) >= 0.9 * len(entries)
         sampler = ConceptSampler(variant=variant, k=3, seed=0)
-        assert all(len(sampler.sample(e)) == 3 for e in entries[:50])
+        padded = 0
+        for e in entries[:50]:
+            idx, drawn = sampler.sample_indices(e, np.random.default_rng(1)), sampler.sample(e, np.random.default_rng(1))
+            if variant == "cocu":  # one concept per cluster, as many clusters as there are (at most 3)
+                assert len(idx) == min(3, len(set(e.cluster_ids.tolist())))
+                assert len({int(e.cluster_ids[i]) for i in idx}) == len(idx)
+            else:  # v2 samples naively (top-k): the 3 best scores, ties by concept id, recomputed here by sorted()
+                best = sorted(range(len(e.concepts)), key=lambda i: (-float(e.scores[i]), int(e.concept_ids[i])))[:3]
+                assert idx == best
+            assert drawn == [e.concepts[i] for i in idx] + [e.caption] * (3 - len(idx))  # the caption pads
+            padded += len(idx) < 3
+        assert padded < 50  # some entries have 3 concepts of their own (the checks above are not all padding)
     _archives_match_reference(world["path"], w)
 
 
 def _archives_match_reference(cfg_path: Path, run: Path) -> None:
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -308,17 +320,15 @@ def _curve(world) -> list[dict]:
 
 
 def test_sigkill_during_training_resumes_with_the_same_curve(world):
+    """Why: `kill -9` of `cocu run --only train` leaves no process and a rerun resumes from the newest checkpoint,
+    keeping the curve it had. That resumed losses equal an uninterrupted run's, step for step, is proven by
+    test_train_loop.py::test_resume_after_sigkill_repeats_the_same_losses (the loop itself); here the CLI path."""
+    import re
     import shutil
 
     train = ["--only", "train", "--set", "train.max_steps=10", "--set", "train.checkpoint_every=2",
              "--set", "train.log_every=1"]
     train_dir = world["cfg"].workpath / "train" / "cocu"
-    mark = uuid.uuid4().hex
-    proc, log = _start(world, *train, mark=mark)  # uninterrupted reference
-    assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
-    reference = _curve(world)
-    assert len(reference) == 10
-
     shutil.rmtree(train_dir)
     mark = uuid.uuid4().hex
     proc, log = _start(world, *train, mark=mark)
@@ -332,14 +342,19 @@ def test_sigkill_during_training_resumes_with_the_same_curve(world):
     finally:
         kill_marked(mark)
     assert not (train_dir / "final.pt").exists()
+    killed = _curve(world)  # written atomically: the rows up to the kill
+    newest = max(int(p.stem.split("_")[1]) for p in (train_dir / "checkpoints").glob("step_*.pt"))
     mark = uuid.uuid4().hex
     proc, log = _start(world, *train, mark=mark)
     assert proc.wait(timeout=1800) == 0, log.read_text()[-3000:]
-    assert "train: resumed from step_" in log.read_text()
-    resumed = _curve(world)  # the curve continues where it stopped: same steps and rates, the same losses
-    assert [(r["step"], r["epoch"], r["lr"]) for r in resumed] == [(r["step"], r["epoch"], r["lr"]) for r in reference]
-    for a, b in zip(resumed, reference):  # to float noise: MKL may use fewer threads on a busy machine
-        assert all(abs(float(a[k]) - float(b[k])) < 1e-4 for k in ("loss", "loss_image_text", "loss_multi_label")), (a, b)
+    m = re.search(r"train: resumed from step_(\d{8})\.pt \(epoch \d+, step (\d+)\)", log.read_text())
+    assert m and int(m.group(1)) == int(m.group(2)) == newest, log.read_text()[-3000:]
+    resumed = _curve(world)
+    assert [int(r["step"]) for r in resumed] == list(range(1, 11))
+    # the rows before the checkpoint it resumed from are the killed run's, unchanged; the rest are new and finite
+    kept = [r for r in killed if int(r["step"]) <= newest]
+    assert kept and resumed[:len(kept)] == kept
+    assert all(np.isfinite(float(r["loss"])) for r in resumed)
 
 
 ABLATION_FLOW = r"""
@@ -413,8 +428,9 @@ def test_ablation_flow_on_the_pipelines_work_folder_then_stage_reuses_runs(world
     report = (abl / "report.md").read_text()
     assert "](loss_curves.png)" in report and f"](maps/{maps[0].name})" in report
     assert "## What training sees" in report
-    signal_table = table["training_signal"]
-    assert signal_table.startswith("| arm |") or signal_table.startswith("not available")
+    signal_rows = table["training_signal"].splitlines()
+    assert signal_rows[0].startswith("| arm | GT concepts in prompts |")
+    assert [r.split(" | ")[0] for r in signal_rows[2:4]] == ["| baseline", "| cocu"]  # one row per arm, in order
 
     # in process: every run and the report reused
     cfg = load_config(path)
@@ -425,7 +441,8 @@ def test_ablation_flow_on_the_pipelines_work_folder_then_stage_reuses_runs(world
     rep2 = ablation_stage(cfg, log=lambda m: None, progress=False)
     assert [r["cached"] for r in rep2["runs"]] == [True, True, True, False]
     assert rep2["runs"][3]["mIoU"] == pytest.approx(res["runs"][3]["mIoU"])
-    assert not rep2["cached"] or rep2["arms"] == rep["arms"]
+    # the redone evaluation has the same cache key (same checkpoint and data), so the report is reused as is
+    assert rep2["cached"] and rep2["arms"] == rep["arms"]
     # an arm whose archives were never curated (v2's exist here since test 3): one error naming the folder and
     # the command
     assert not (world["cfg"].workpath / "curate" / "v3").exists()

@@ -77,6 +77,13 @@ def _shard_stamps(setup) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.iterdir()}
 
 
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """Why: an archive version is frozen once written: its files' bytes, not just its key set."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
 def test_growing_list_downloads_and_embeds_only_new_pairs_and_versions_archives(setup):
     from cocu_core.curation import ArchiveReader
     from cocu_core.embeddings.store import load_embeddings
@@ -90,6 +97,8 @@ def test_growing_list_downloads_and_embeds_only_new_pairs_and_versions_archives(
     assert first["archives"]["version"] == 1 and first["archives"]["new_version"]
     v1_keys = set(ArchiveReader(version_dir(root, 1)).table.column("key").to_pylist())
     assert len(v1_keys) == 120
+    v1_files = _file_hashes(version_dir(root, 1))
+    v1_rows = ArchiveReader(version_dir(root, 1)).table.to_pylist()
 
     stamps = _shard_stamps(setup)
     _list(rows[:160], lists / "a.parquet")  # rows appended to the same file
@@ -103,8 +112,10 @@ def test_growing_list_downloads_and_embeds_only_new_pairs_and_versions_archives(
     changes = second["archives"]["changes"]
     assert changes["old_images"] == 120 and changes["files_new"] == 1
     assert second["recurate"]["old image archives changed"] == f"{changes['old_images_changed']} of 120"
-    # the old version is still readable as it was; the new one holds old + new pairs
-    assert set(ArchiveReader(version_dir(root, 1)).table.column("key").to_pylist()) == v1_keys
+    # the old version is still readable as it was (same bytes, same rows: an in-place rewrite would show); the new
+    # one holds old + new pairs
+    assert _file_hashes(version_dir(root, 1)) == v1_files
+    assert ArchiveReader(version_dir(root, 1)).table.to_pylist() == v1_rows
     _, _, meta = load_embeddings(w / "embed")
     assert meta.num_rows == 160
     assert len(ArchiveReader(version_dir(root, 2))) == 160

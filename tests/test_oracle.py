@@ -20,7 +20,8 @@ from ingest_fixtures import CORRUPT_INDEX, EMPTY_CAPTION_INDEX, MISSING_INDEX, f
 from cocu_core.config import ToyWorldConfig
 from cocu_core.curation import ArchiveReader
 from cocu_core.stages.download import download_stage
-from cocu_core.evaluation.training_signal import epoch_plan, format_training_signal, signal_scores, training_signal
+from cocu_core.evaluation.training_signal import (epoch_plan, format_training_signal, replay_draws, signal_scores,
+                                                  training_signal)
 from cocu_core.stages.semantic_gap import arm_inputs, training_signal_stage
 from cocu_core.toyworld import generate_world, read_pairs, serve_directory, write_url_list
 from cocu_core.toyworld.concepts import BY_NAME
@@ -202,12 +203,20 @@ def test_training_signal_replays_exactly_what_the_loader_gives(work, tmp_path):
         plan = epoch_plan(cfg.train.epochs, data.steps_per_epoch, cfg.train.max_steps)
         assert plan == [(0, 5), (1, 5), (2, 3)]
         seen = loader_draws(data, plan)
+        # the replay's own draws are the loader's, concept for concept and epoch after epoch (decoded batches)
+        replayed = replay_draws(data, plan)
         data.close()
         keys = [k for k in data.keys.tolist() if k in seen]
+        assert {k: d for k, d in zip(data.keys.tolist(), replayed) if d is not None} == seen, arm
+        # scored by signal_scores, itself checked by hand in test_signal_scores_by_hand
         expect = signal_scores([pairs[sid[k]]["concepts"] for k in keys], [pairs[sid[k]]["named"] for k in keys],
                                [seen[k] for k in keys], epochs=3)
         assert rows[arm] == pytest.approx(expect, nan_ok=True), arm
         assert rows[arm]["images"] == len(keys) and rows[arm]["prompts"] == sum(len(v) for v in seen.values())
+        if arm == "oracle":  # oracle prompts are class names: its coverage by plain sets, without signal_scores
+            gts = [set(pairs[sid[k]]["concepts"]) for k in keys]
+            cover = [len((set(pairs[sid[k]]["named"]) | set(seen[k])) & g) / len(g) for k, g in zip(keys, gts) if g]
+            assert rows[arm]["gt_coverage"] == pytest.approx(sum(cover) / len(cover))
     assert rows["oracle"]["wrong_prompt_fraction"] == 0.0
     assert rows["oracle"]["gt_coverage"] > rows["baseline"]["gt_coverage"]
     assert rows["baseline"]["missing_coverage"] < rows["oracle"]["missing_coverage"]
@@ -228,3 +237,54 @@ def test_training_signal_stage_caches_on_arms_and_training_fields(work, tmp_path
     longer = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 3})})
     rows3, cached = training_signal_stage(longer)
     assert not cached and rows3["oracle"]["epochs"] == 3
+
+
+def _curve_values(folder: Path) -> list[dict]:
+    import csv
+
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")}
+            for r in csv.DictReader((folder / "loss_curve.csv").open())]
+
+
+def _as_killed(folder: Path) -> None:
+    """A finished run turned into one killed after its last checkpoint: checkpoints stay, and the state file a run
+    writes when it starts (its cache key; a finished run removes it) is put back; no result."""
+    key = json.loads((folder / "manifest.json").read_text())["cache_key"]
+    for f in ("final.pt", "manifest.json", "train_report.json"):
+        (folder / f).unlink(missing_ok=True)
+    (folder / "state.json").write_text(json.dumps({"cache_key": key}))
+    assert list((folder / "checkpoints").glob("step_*.pt"))
+
+
+def test_no_resume_across_settings_a_changed_lr_trains_afresh(work, tmp_path):
+    from cocu_core.stages.train import train_stage
+
+    w = tmp_path / "w"
+    shutil.copytree(work / "download", w / "download")
+    cfg = cfg_for(w, max_steps=4, checkpoint_every=2, epochs=1)
+    out = w / "train" / "baseline"
+
+    def train(c, logs: list[str]) -> dict:
+        return train_stage(c, variant="baseline", progress=False, log=logs.append)
+
+    train(cfg, [])
+    first = _curve_values(out)
+    _as_killed(out)
+    same: list[str] = []
+    train(cfg, same)  # the same settings: it resumes (the control: the check below can fail)
+    assert any(m.startswith("train: resumed from step_00000004.pt") for m in same), same
+    _as_killed(out)
+    lr = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": cfg.train.lr * 3})})
+    logs: list[str] = []
+    rep = train(lr, logs)
+    assert not any("resumed from" in m for m in logs), logs  # other settings: the old checkpoints are not used
+    assert rep["steps"] == 4
+    fresh = tmp_path / "fresh"
+    shutil.copytree(work / "download", fresh / "download")
+    lr_fresh = lr.model_copy(update={"workdir": str(fresh)})
+    train(lr_fresh, [])
+    got, want = _curve_values(out), _curve_values(fresh / "train" / "baseline")  # the curve of a fresh run
+    assert [(r["step"], r["epoch"], r["lr"]) for r in got] == [(r["step"], r["epoch"], r["lr"]) for r in want]
+    for a, b in zip(got, want):
+        assert all(abs(float(a[k]) - float(b[k])) < 1e-5 for k in ("loss", "loss_image_text", "loss_multi_label"))
+    assert [r["lr"] for r in got] != [r["lr"] for r in first]  # and not the old settings' curve

@@ -7,6 +7,10 @@ bear") that do not start with an adjective ("black kite" is a bird), matched lon
 "picture", "view", ...) are dropped. Counts are caption frequencies (a concept counts once per
 caption). The top-K by count are kept, then the evaluation class names are appended so every
 benchmark class is a possible concept.
+
+Tie order (it decides concept ids, hence archives and every later cache key): count descending, then the
+concept string ascending by code point (Python's ``str`` order), so equal counts rank "car" before "dog" and the
+top-K cut keeps the alphabetically first of a tie; neither the caption order nor the hash seed plays a part.
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ def build_vocabulary(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     counts = count_candidates(captions, max_ngram)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]  # the documented tie order
     rows = [(c, n, "captions") for c, n in ranked]
     have = {c for c, _ in ranked}
     for extra in extra_concepts:

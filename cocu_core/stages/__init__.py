@@ -36,6 +36,45 @@ STAGE_SPECS: tuple[Stage, ...] = tuple(m.STAGE for m in (toyworld, download, enc
 STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_SPECS)  # the run order
 NAMES = STAGES  # the registry's names, as timm's list_models()
 _BY_NAME = {s.name: s for s in STAGE_SPECS}
+_MODULES = {m.STAGE.name: m for m in (toyworld, download, encoder, embed, index, vocabulary, concepts, curate,
+                                      semantic_gap, train, evaluate)}
+
+
+# The config fields no stage keys, each with the reason none needs to (`tests/test_field_classification.py` fails
+# on a field that is neither here, nor in a stage module's FIELDS (or another *_FIELDS key list), nor in its
+# RUNTIME_FIELDS). A dotted name covers every field under it.
+UNKEYED_FIELDS: dict[str, str] = {
+    "name": "the run's name in artifact titles",
+    "workdir": "where the outputs go, not what they hold",
+    "data.source": "chooses where the list comes from; the list's cleaned contents are the download's input key",
+    "data.url_list": "the list's path; its cleaned contents, not the path, are the download's input key",
+    "data.distributor": "how img2dataset spreads the same downloads (this machine, Spark, Ray)",
+    "encoder.train_toy": "chooses training cocu-tiny or given weights; the weights' fingerprint keys embed",
+    "encoder.cache_dir": "where named weights are looked up; the weights' fingerprint keys embed",
+    "encoder.train_threads": "torch CPU threads while training the toy encoder",
+    "curation.kmeans_threads": "threads of the clustering step",
+    "runtime": "concurrency, threads, task engine, schedule and versions kept: how the stages run, not what they write",
+    "ablation": "`cocu ablation`'s own settings, keyed by its report (cocu_core.ablation.ablation_fields)",
+}
+
+
+def key_fields() -> dict[str, tuple[str, ...]]:
+    """Why: every config field some stage keys, with the stages that key it: its FIELDS and any other `*_FIELDS`
+    key list of its module (semantic_gap's SIGNAL_FIELDS); read from the code, so a new stage list is seen."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, mod in _MODULES.items():
+        for attr in dir(mod):
+            if attr.endswith("FIELDS") and attr != "RUNTIME_FIELDS" and attr.isupper():
+                for f in getattr(mod, attr):
+                    out[f] = tuple(dict.fromkeys(out.get(f, ()) + (name,)))
+    return out
+
+
+def runtime_fields() -> dict[str, str]:
+    """Why: every field recorded but not keyed, with who declares it: a stage module's RUNTIME_FIELDS, or
+    UNKEYED_FIELDS for the fields no stage reads for its results."""
+    out = {f: f"stage {name}" for name, mod in _MODULES.items() for f in getattr(mod, "RUNTIME_FIELDS", ())}
+    return {**out, **{f: "UNKEYED_FIELDS" for f in UNKEYED_FIELDS}}
 
 
 class StageError(ConfigError):
