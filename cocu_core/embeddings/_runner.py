@@ -19,6 +19,7 @@ from cocu_core.compat import ensure_torchvision
 
 ensure_torchvision()
 
+from cocu_core.embeddings.loop import embed_loop, finish_part, split_shards  # noqa: E402
 from cocu_core.io import write_json_atomic  # noqa: E402
 from cocu_core.proc import die_with_parent  # noqa: E402
 
@@ -53,8 +54,6 @@ def resolve_processes(requested: int, gpus: int) -> int:
 def run_fan_out(spec: dict, spec_path: Path, n: int, gpus: int) -> int:
     """Why: `n` embedding loops over disjoint pending shards, each its own process (one GPU each when there are
     GPUs; otherwise the CPU threads are shared out); they die with this runner (the deathsig sitecustomize)."""
-    from cocu_core.embeddings.loop import split_shards
-
     groups = split_shards(spec["shards"], n)
     threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1) // len(groups))
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d] or [str(g) for g in range(gpus)]
@@ -89,7 +88,6 @@ def main(spec_path: str) -> int:
         open_clip.add_model_config(cfg_path)
     _models_in_eval_mode(open_clip)
     from cocu_core.embeddings.clip_retrieval import embed_shards_grouped  # after the compat shim
-    from cocu_core.embeddings.loop import finish_part
 
     parts = Path(spec["parts_dir"])
     strategy = spec.get("distribution_strategy", "sequential")
@@ -108,8 +106,6 @@ def main(spec_path: str) -> int:
     n = resolve_processes(int(spec.get("processes", 1)), gpu_count()) if len(tars) > 1 else 1
     if n > 1:
         return run_fan_out(spec, Path(spec_path), n, gpu_count())
-    from cocu_core.embeddings.loop import embed_loop
-
     stats = embed_loop(list(tars.values()), parts, spec["clip_model"], spec["part_key"], spec["batch_size"],
                        int(spec["num_workers"]))
     print(f"cocu: embed loop {json.dumps(stats)}", flush=True)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from cocu_core.compat import ensure_torchvision
 from cocu_core.io import write_json_atomic
+from cocu_core.proc import die_with_parent
 
 KEYS = ("jpg", "txt", "json")  # clip-retrieval's wds_image_key, wds_caption_key, and the metadata it reads
 _META_PREFIX = "__"  # webdataset skips members such as __index__
@@ -142,8 +143,6 @@ def shard_batches(samples: Sequence[Sample], n_shards: int, batch_size: int) -> 
 
 
 def _worker_init(parent_pid: int) -> Callable[[int], None]:
-    from cocu_core.proc import die_with_parent
-
     def init(_: int) -> None:
         die_with_parent(parent_pid)  # a forked worker does not inherit the death signal: a killed runner takes it too
 
