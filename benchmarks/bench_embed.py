@@ -5,11 +5,13 @@ The shards: toy-world pairs served over loopback and downloaded once by our down
 the toy `cocu-tiny` architecture (configs/toy.yaml's encoder settings) with random weights saved to a file, or a
 trained checkpoint (`--checkpoint runs/toy/encoder/cocu-tiny.pt`); the speed is the same.
 
-* ours:   `cocu_core.stages.embed.embed_stage` (one child process; clip-retrieval once per shard into a temporary part,
-          renamed when complete; then the parts are checked, L2-normalised, sorted by key and assembled into the
+* ours:   `cocu_core.stages.embed.embed_stage` (one child process running one persistent loop over every shard: the
+          model loaded once, `--workers` decode workers, clip-retrieval's ClipMapper and NumpyWriter into one part per
+          shard, renamed when complete; then the parts are checked, L2-normalised, sorted by key and assembled into the
           memory-mapped float32 arrays + metadata.parquet);
 * direct: `clip_retrieval.clip_inference.main.main` in a fresh Python process, once over all shards (brace pattern,
-          one output partition), same batch size and data-loader workers; the only additions are the model-config
+          one output partition), same batch size and the same data-loader workers (at most one per tar: its reader
+          splits tars between workers and hangs when one gets none); the only additions are the model-config
           registration for `cocu-tiny` and model.eval() (clip-retrieval leaves open_clip models in train mode; ours
           does the same patch), so both arms compute the same embeddings (checked).
 
@@ -19,7 +21,8 @@ the same assembly, i.e. what the stage would cost if the sequential mode also ma
 
 Arms alternate order every repeat; the ratios are the medians over repeats of ours' (or grouped's) wall seconds /
 direct's, and the same for CPU seconds (this process and its finished children). Run:
-    nice -n 19 .venv/bin/python benchmarks/bench_embed.py [--n 1500] [--shard-size 500] [--repeats 2] [--grouped]
+    nice -n 19 .venv/bin/python benchmarks/bench_embed.py [--n 1500] [--shard-size 500] [--repeats 2] [--workers 2]
+        [--grouped]
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each arm (interleaved)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="a cocu-tiny checkpoint (default: random weights)")
+    ap.add_argument("--workers", type=int, default=2, help="decode (data-loader) workers of each arm")
     ap.add_argument("--grouped", action="store_true", help="add the one-call (grouped) runner as a third arm")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
@@ -93,7 +97,6 @@ def main() -> None:
     from cocu_core.data.shards import shard_name
     from cocu_core.embeddings.store import assemble_parts, l2_normalise
     from cocu_core.stages.embed import embed_stage, part_key_for
-    from cocu_core.embeddings.clip_retrieval import prepro_workers
     from cocu_core.encoder.load import clip_model_string, encoder_fingerprint, model_config_paths, resolve_weights
     from cocu_core.proc import run_module
     from cocu_core.toyworld import serve_directory, write_url_list
@@ -101,7 +104,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cocu_bench_embed_"))
     try:
         split, table = toy_pairs(work / "world", args.n)
-        cfg = bench_config(work / "run", args.shard_size)
+        cfg = bench_config(work / "run", args.shard_size, encoder={"num_workers": args.workers, "embed_processes": 1})
         w = cfg.workpath
         with serve_directory(split) as srv:
             write_url_list(table, srv.base_url, work / "urls.parquet")
@@ -121,12 +124,13 @@ def main() -> None:
         arch, ckpt = resolve_weights(cfg)
         clip_model, enc_id = clip_model_string(arch, ckpt), encoder_fingerprint(cfg)
         n_shards = int(dl["n_shards"])
+        direct_workers = min(args.workers, n_shards)
         shards = w / "download" / "shards"
         pattern = str(shards / shard_name(0)) + ".tar" if n_shards == 1 else \
             f"{shards}/{{{shard_name(0)}..{shard_name(n_shards - 1)}}}.tar"
         print(f"load average {os.getloadavg()[0]:.2f}; {dl['success']} images in {n_shards} shards of {args.shard_size} "
               f"({cfg.data.image_size} px); model {arch} ({'random weights' if args.checkpoint is None else ckpt}), "
-              f"batch {cfg.encoder.inference_batch_size}, {prepro_workers(cfg.encoder.num_workers)} data-loader workers; "
+              f"batch {cfg.encoder.inference_batch_size}, decode workers: ours {args.workers}, direct {direct_workers}; "
               f"{args.repeats} repeats per arm, alternating order")
         arms = ("ours", "direct", "grouped") if args.grouped else ("ours", "direct")
         secs: dict[str, list[float]] = {a: [] for a in arms}
@@ -155,7 +159,7 @@ def main() -> None:
                     run_direct({"input_dataset": pattern, "output_folder": str(out), "input_format": "webdataset",
                                 "enable_text": True, "enable_image": True, "enable_metadata": True,
                                 "batch_size": cfg.encoder.inference_batch_size,
-                                "num_prepro_workers": prepro_workers(cfg.encoder.num_workers), "clip_model": clip_model,
+                                "num_prepro_workers": direct_workers, "clip_model": clip_model,
                                 "use_jit": False, "output_partition_count": 1, "enable_wandb": False,
                                 "model_configs": [str(p) for p in model_configs]}, out)
                 secs[arm].append(time.perf_counter() - t)

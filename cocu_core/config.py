@@ -142,12 +142,20 @@ class EncoderConfig(_Section):
     )
     inference_batch_size: int = Field(256, ge=1, description="clip-retrieval inference batch size.")
     num_workers: int = Field(
-        0, ge=0, description="clip-retrieval data-loader workers (at most 1 is started: each call reads one shard)."
+        2, ge=0,
+        description=("Embedding decode workers (data-loader processes decoding and preprocessing images) per embedding"
+                     " process; 0 decodes in the embedding process. Outputs do not depend on it."),
+    )
+    embed_processes: int = Field(
+        1, ge=0,
+        description=("Embedding processes on this node, each over a disjoint share of the pending shards: 0 = one per"
+                     " visible GPU (one on a CPU machine); N > 1 on CPU shares the cores out. Outputs do not depend on it."),
     )
     distribution_strategy: Literal["sequential", "pyspark", "slurm"] = Field(
         "sequential",
         description=(
-            "clip-retrieval `distribution_strategy`: `sequential` embeds shard by shard here; `pyspark`/`slurm` make"
+            "clip-retrieval `distribution_strategy`: `sequential` embeds in our own loop (model loaded once, all pending"
+            " shards, `embed_processes` processes); `pyspark`/`slurm` make"
             " one clip-retrieval call over all pending shards (one output partition per shard) that its distributor"
             " spreads over Spark executors or Slurm nodes."
         ),

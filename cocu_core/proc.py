@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -92,7 +93,7 @@ def run_module(module: str, spec: dict[str, Any], spec_path: Path, log_path: Pat
         finished = False
         try:
             while proc.poll() is None:
-                time.sleep(0.3)
+                time.sleep(0.1)
                 if poll:
                     poll()
             finished = True
@@ -100,8 +101,10 @@ def run_module(module: str, spec: dict[str, Any], spec_path: Path, log_path: Pat
             if not finished:  # interrupted (exception, Ctrl-C, cancellation): stop the whole tree now
                 kill_group(proc.pid)
                 proc.wait()
-            else:  # leftovers of a finished runner (a tracker still exiting) get a moment, then go too
-                kill_group(proc.pid, grace_s=2.0)
+            else:  # leftovers of a finished runner (a tracker still exiting) get a moment, then go too; the caller
+                # need not wait for that (it was up to 2 s of a download's wall time): a non-daemon thread does it,
+                # so this process still cannot exit before the group is gone
+                threading.Thread(target=kill_group, args=(proc.pid, 2.0), name="cocu-reap", daemon=False).start()
             if poll:
                 poll()
     if proc.returncode != 0:

@@ -1,4 +1,4 @@
-"""embed: clip-retrieval inference over the download shards, one shard at a time, resumable.
+"""embed: CLIP embeddings of the download shards in one persistent loop (clip-retrieval's mapper and writer), resumable.
 
 Reads   download/shards/*.tar, download/manifest.json (its cache key); the encoder stage's weights
 Writes  embed/ (layout below)
@@ -6,7 +6,7 @@ Key     embed_inputs_fp(download key, encoder fingerprint) + FIELDS; RUNTIME_FIE
 
 Layout of ``out_dir`` (``<workdir>/embed``)::
 
-    parts/<shard>/    clip-retrieval output for one shard (img_emb/, text_emb/, metadata/) + done.json
+    parts/<shard>/    one shard's embeddings in clip-retrieval's layout (img_emb/, text_emb/, metadata/) + done.json
     img_emb.npy       (N, D) float32, L2-normalised image embeddings; row i <-> metadata row i
     text_emb.npy      (N, D) float32, L2-normalised caption embeddings; row i <-> metadata row i
     metadata.parquet  row, key (webdataset key: the stable sample id), sample_id (the list's id,
@@ -39,8 +39,8 @@ from cocu_core.stages.base import Context, Report, Stage, StageStatus, compare
 FIELDS = ["encoder.model", "encoder.pretrained"]
 
 
-RUNTIME_FIELDS = ["encoder.inference_batch_size", "encoder.num_workers", "encoder.distribution_strategy",
-                  "encoder.inference_options"]
+RUNTIME_FIELDS = ["encoder.inference_batch_size", "encoder.num_workers", "encoder.embed_processes",
+                  "encoder.distribution_strategy", "encoder.inference_options"]
 
 
 VERSION = 2  # bump when the same model and shards embed differently (2: models forced into eval mode)
@@ -101,7 +101,7 @@ def embed_stage(
     names = [shard_name(i) for i in range(n_shards)]
     shards_dir = Path(download_dir) / "shards"
     t0 = time.time()
-    pending = []
+    pending, stats = [], {}
     for name in names:
         marker = parts / name / "done.json"
         if not (marker.is_file() and read_json(marker).get("part_key") == part_key):
@@ -109,22 +109,26 @@ def embed_stage(
     done, redone = n_shards - len(pending), len(pending)
     if pending:
         if log:
-            log(f"embed: {len(pending)} of {n_shards} shards with clip-retrieval ({clip_model})")
+            log(f"embed: {len(pending)} of {n_shards} shards ({clip_model}, {cfg.encoder.num_workers} decode workers, "
+                f"{cfg.encoder.embed_processes or 'one per GPU'} processes)")
         bar = tqdm(total=n_shards, initial=done, desc="embed: shards", unit="shard", disable=not progress, leave=False)
 
         def poll() -> None:
             bar.n = sum((parts / s / "done.json").is_file() for s in names)
             bar.refresh()
 
-        spec = {"parts_dir": str(parts.resolve()), "shards_dir": str(shards_dir.resolve()), "shards": pending,
+        stats_f = out / "embed_stats.json"
+        stats_f.unlink(missing_ok=True)
+        spec = {"stats_path": str(stats_f.resolve()), "parts_dir": str(parts.resolve()), "shards_dir": str(shards_dir.resolve()), "shards": pending,
                 "clip_model": clip_model, "part_key": part_key, "batch_size": cfg.encoder.inference_batch_size,
-                "num_workers": cfg.encoder.num_workers, "model_configs": [str(p) for p in model_configs],
+                "num_workers": cfg.encoder.num_workers, "processes": cfg.encoder.embed_processes, "model_configs": [str(p) for p in model_configs],
                 "distribution_strategy": cfg.encoder.distribution_strategy,
                 "inference_options": dict(cfg.encoder.inference_options)}
         try:
             run_module("cocu_core.embeddings._runner", spec, out / "embed_spec.json", out / "clip_inference.log", poll)
         finally:
             bar.close()
+        stats = read_json(stats_f) if stats_f.is_file() else {}
     infer_s = time.time() - t0
     (out / "manifest.json").unlink(missing_ok=True)  # the arrays are about to change: not current until rewritten
     asm = assemble_parts(parts, names, out, clip_model)
@@ -133,7 +137,9 @@ def embed_stage(
     report = {"embedded": n, "downloaded": expected, "skipped_unreadable": expected - n, "dim": dim,
               "shards": n_shards, "shards_reused": done, "shards_embedded": redone, "seconds": round(infer_s, 2),
               "samples_per_s": round(n / infer_s, 1) if redone and infer_s > 0 else None,
-              "assemble_seconds": round(time.time() - t0 - infer_s, 2)}
+              "assemble_seconds": round(time.time() - t0 - infer_s, 2),
+              "embed_processes": stats.get("processes", 1 if stats else None),
+              "decode_workers_used": stats.get("decode_workers_used")}
     if log:
         log(f"embed: {n} samples x {dim} dims from {n_shards} shards ({done} reused) in {infer_s:.1f}s")
     write_manifest(out, "embed", inputs_fp, fields, counts={"embedded": n, "dim": dim, "shards": n_shards},
