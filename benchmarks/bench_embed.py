@@ -42,30 +42,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_download import ROOT, bench_config, cpu_seconds, print_arms, toy_pairs  # noqa: E402  (sets the env too)
 
-DIRECT = """
-import json, sys
-if __name__ == "__main__":
-    spec = json.load(open(sys.argv[1]))
-    from cocu_core.compat import ensure_torchvision
-    ensure_torchvision()
-    import open_clip
-    for p in spec.pop("model_configs"):
-        open_clip.add_model_config(p)
-    from cocu_core.embeddings._runner import _models_in_eval_mode
-    _models_in_eval_mode(open_clip)
-    from clip_retrieval.clip_inference.main import main
-    main(**spec)
-"""
-
 
 def run_direct(spec: dict, work: Path) -> None:
     """Why: clip-retrieval as a user calls it: one fresh process, one call over every shard."""
-    script, spec_f = work / "direct_clip.py", work / "direct_spec.json"
-    script.write_text(DIRECT)
+    spec_f = work / "direct_spec.json"
     spec_f.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(work / "direct.log", "wb") as log:
-        subprocess.run([sys.executable, str(script), str(spec_f)], stdout=log, stderr=subprocess.STDOUT, check=True,
+        subprocess.run([sys.executable, "-m", "cocu_core.embeddings.direct", str(spec_f)], stdout=log,
+                       stderr=subprocess.STDOUT, check=True,
                        env=env, cwd=work)
 
 

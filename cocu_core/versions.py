@@ -81,6 +81,19 @@ def compare_archives(old_dir: Optional[Path], new_dir: Path) -> dict[str, int]:
             "old_images_changed": int(pc.sum(pc.fill_null(differs, True)).as_py() or 0)}
 
 
+def _linked_copy(files: list[Path], tmp: Path) -> Path:
+    """Why: a fresh temporary folder holding hard links to `files` (copies across file systems), renamed by the caller."""
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for p in files:
+        try:
+            os.link(p, tmp / p.name)
+        except OSError:  # another file system: copy
+            shutil.copy2(p, tmp / p.name)
+    return tmp
+
+
 def publish_version(archive_dir: Path, root: Path, keep: int, info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Why: freeze the working archives as the next version (unless identical to the latest one), report what
     changed against the latest, and drop versions beyond the newest `keep`."""
@@ -94,15 +107,7 @@ def publish_version(archive_dir: Path, root: Path, keep: int, info: Optional[dic
         return {**read_json(latest / "version.json"), "new_version": False, "pruned": []}
     number = (have[-1] + 1) if have else 1
     final = version_dir(root, number)
-    tmp = root / f".{final.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for p in files:
-        try:
-            os.link(p, tmp / p.name)
-        except OSError:  # another file system: copy
-            shutil.copy2(p, tmp / p.name)
+    tmp = _linked_copy(files, root / f".{final.name}.tmp")
     changes = compare_archives(latest, archive_dir)
     record = {"version": number, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": hashes,
               "previous": have[-1] if have else None, "changes": changes, **(info or {})}
@@ -122,15 +127,7 @@ def pin_archives(src: Path, dest: Path) -> Path:
     if (dest / "pin.json").is_file():
         return dest
     files = sorted(p for p in Path(src).glob("*.parquet") if not p.name.startswith("."))
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for p in files:
-        try:
-            os.link(p, tmp / p.name)
-        except OSError:  # another file system: copy
-            shutil.copy2(p, tmp / p.name)
+    tmp = _linked_copy(files, dest.parent / f".{dest.name}.tmp")
     write_json_atomic(tmp / "pin.json", {"source": str(src), "files": [p.name for p in files],
                                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if dest.exists():

@@ -109,20 +109,6 @@ def test_two_embedding_processes_over_disjoint_shards_change_no_byte(shards, ref
     assert got.keys() == reference.keys() and all(got[k] == reference[k] for k in reference)
 
 
-DIRECT = """
-import json, sys
-if __name__ == "__main__":
-    spec = json.load(open(sys.argv[1]))
-    from cocu_core.compat import ensure_torchvision
-    ensure_torchvision()
-    import open_clip
-    for p in spec.pop("model_configs"):
-        open_clip.add_model_config(p)
-    from cocu_core.embeddings._runner import _models_in_eval_mode
-    _models_in_eval_mode(open_clip)
-    from clip_retrieval.clip_inference.main import main
-    main(**spec)
-"""
 
 
 def test_parts_equal_clip_retrieval_inference_called_directly(shards, reference, tmp_path):
@@ -138,9 +124,8 @@ def test_parts_equal_clip_retrieval_inference_called_directly(shards, reference,
             "batch_size": 16, "num_prepro_workers": 1, "clip_model": clip_model_string(arch, ckpt), "use_jit": False,
             "output_partition_count": 1, "enable_wandb": False, "model_configs": [str(p) for p in model_config_paths(cfg)]}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    (tmp_path / "direct.py").write_text(DIRECT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(tmp_path / "direct.py"), str(tmp_path / "spec.json")], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", "cocu_core.embeddings.direct", str(tmp_path / "spec.json")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for sub in ("img_emb/img_emb_0.npy", "text_emb/text_emb_0.npy"):
