@@ -1,9 +1,8 @@
 """Index recall against search cost: a built index (the index stage's `image.index`) searched at several efSearch
 (HNSW) or nprobe (IVF) values, recall@k against exact search on the stage's own query sample, CPU ms per query.
 
-autofaiss picks the search parameter as the largest one whose measured query time stays under
-`index.max_index_query_time_ms`: recall is not its target, and the pick moves with the machine's load. This shows what
-each setting buys. Queries are the same rows the index stage's recall uses (seed, 500 rows); the exact neighbours are
+The index stage tunes the search parameter to `index.target_recall` (cocu_core/index/tune.py); this shows what each
+setting buys. Queries are the same rows the index stage's recall uses (seed, 500 rows); the exact neighbours are
 found once by a blockwise scan; searches run on one thread after one untimed search that pages the memory-mapped index
 in (CPU seconds of this process / queries). Run:
     nice -n 19 .venv/bin/python benchmarks/bench_index_recall.py --root /tmp/cocu_scale_2000000 --values 142,256,512,1024
@@ -64,7 +63,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the pipeline config's seed (the index stage's query sample)")
     ap.add_argument("--build", default=None, metavar="INDEX_KEY",
                     help="first build an index of this faiss key over root's embeddings with the index stage's own "
-                         "autofaiss call (cocu_core.index.build.build_one) into --out/index, then measure that one")
+                         "build (cocu_core.index.build.build_index, rows of every shard) into --out/index, then measure that one")
     ap.add_argument("--out", type=Path, default=None, help="folder of the --build index")
     ap.add_argument("--query-ms", type=float, default=10.0, help="--build: index.max_index_query_time_ms")
     ap.add_argument("--memory", default="8G", help="--build: index.max_index_memory_usage")
@@ -84,17 +83,20 @@ def main() -> None:
     index_dir = args.root / "index"
     if args.build:
         from cocu_core.config import IndexConfig
+        from cocu_core.index.policy import plan_index
+        from cocu_core.io import write_json_atomic
 
         index_dir = (args.out or Path(f"/tmp/cocu_index_{args.build.replace(',', '_')}")) / "index"
         index_dir.mkdir(parents=True, exist_ok=True)
         icfg = IndexConfig(index_key=args.build, max_index_query_time_ms=args.query_ms,
-                           max_index_memory_usage=args.memory, current_memory_available="16G")
-        c0 = time.process_time()
-        _, infos, secs = ib.build_one(x_path, index_dir / f"{args.name}.index", index_dir / f"{args.name}_infos.json",
-                                      icfg)
-        print(f"built {args.build} over {len(x):,} x {x.shape[1]} with autofaiss (max_index_query_time_ms "
-              f"{args.query_ms}) in {secs:.0f} s ({time.process_time() - c0:.0f} CPU s): {infos.get('index_param')}, "
-              f"{(index_dir / f'{args.name}.index').stat().st_size / 2**30:.2f} GiB")
+                           max_index_memory_usage=args.memory, current_memory_available="16G", rerank="never")
+        plan = plan_index(len(x), x.shape[1], icfg)
+        c0, t0 = time.process_time(), time.time()
+        built, _ = ib.build_index(x, plan, icfg, [args.seed, 13, len(args.name)])
+        size = ib.write_index(built, index_dir / f"{args.name}.index")
+        write_json_atomic(index_dir / f"{args.name}_infos.json", {"index_key": args.build, "index_param": None})
+        print(f"built {args.build} over {len(x):,} x {x.shape[1]} with the index stage's build_index in "
+              f"{time.time() - t0:.0f} s ({time.process_time() - c0:.0f} CPU s), {size / 2**30:.2f} GiB")
     index = ib.load_index(index_dir, args.name)
     infos = read_json(index_dir / f"{args.name}_infos.json")
     rng = np.random.default_rng([args.seed, 11])
@@ -102,7 +104,7 @@ def main() -> None:
     q = np.ascontiguousarray(x[queries], dtype=np.float32)
     t0 = time.time()
     de, _ = ib.exact_search(x, q, args.k)
-    print(f"{index_dir}: {args.name} index {infos.get('index_key')} over {index.ntotal:,} x {index.d}, autofaiss picked "
+    print(f"{index_dir}: {args.name} index {infos.get('index_key')} over {index.ntotal:,} x {index.d}, tuned to "
           f"{infos.get('index_param')}; exact top-{args.k} of {len(q)} queries in {time.time() - t0:.0f} s")
     faiss.omp_set_num_threads(1)
     hnsw = "HNSW" in str(infos.get("index_key")) and "IVF" not in str(infos.get("index_key"))
@@ -110,11 +112,12 @@ def main() -> None:
     if args.reachability and hnsw:
         print(reachability(index))
     values = [int(s) for s in args.values.split(",")]
-    faiss.ParameterSpace().set_index_parameters(index, f"{param}={max(values)}")
+    inner = getattr(index, "index", index)  # a re-ranked index: the parameter is the wrapped faiss index's
+    faiss.ParameterSpace().set_index_parameters(inner, f"{param}={max(values)}")
     index.search(q, args.k)  # untimed: pages of the memory-mapped index come in from disk here
     print(f"  {param:>9} {'recall@' + str(args.k):>9} {'self first':>10} {'CPU ms/query':>13}")
     for v in values:
-        faiss.ParameterSpace().set_index_parameters(index, f"{param}={v}")
+        faiss.ParameterSpace().set_index_parameters(inner, f"{param}={v}")
         c0 = time.process_time()
         _, ia = index.search(q, args.k)
         ms = (time.process_time() - c0) / len(q) * 1000

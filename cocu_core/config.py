@@ -185,21 +185,53 @@ class EncoderConfig(_Section):
 
 
 class IndexConfig(_Section):
-    """autofaiss settings for the image and caption indexes."""
+    """The image and caption indexes: built with faiss directly by a size/memory policy, tuned to a recall target."""
 
-    max_index_memory_usage: str = Field("2G", description="autofaiss memory budget for the index.")
-    current_memory_available: str = Field("4G", description="autofaiss memory available while building.")
-    max_index_query_time_ms: float = Field(10.0, gt=0, description="autofaiss query-time target.")
+    max_index_memory_usage: str = Field(
+        "2G", description="Memory budget per index (codes, ids, coarse centroids): picks the codes, Flat (4 bytes a "
+                          "dimension), SQ8 (1) or PQ (fewer), the largest that fits.")
+    current_memory_available: str = Field(
+        "4G", description="Memory the build may use besides the index: caps the training sample (float32 rows).")
+    max_index_query_time_ms: float = Field(
+        10.0, gt=0, description="Largest search time per query (wall ms over the stage's threads, re-rank included) "
+                                "the tuning may go to; a recall target reached only beyond it counts as unreachable.")
     index_key: Optional[str] = Field(
         None,
         description=(
-            "faiss index factory string autofaiss builds (e.g. `PCA128,HNSW32`, `OPQ128_640,IVF65536_HNSW32,PQ128x8`);"
-            " null = autofaiss picks the best index that fits `max_index_memory_usage`."
+            "faiss index factory string to build instead of the policy's choice (e.g. `IVF4096,SQ8`, `HNSW32`);"
+            " its nprobe/efSearch is tuned to `target_recall` the same way. null = the policy."
         ),
     )
     metric_type: Literal["ip", "l2"] = Field("ip", description="Inner product on normalised vectors = cosine.")
-    recall_sample: int = Field(500, ge=1, description="Queries used to measure recall against exact search.")
-    recall_k: int = Field(8, ge=1, description="k of the reported recall@k.")
+    recall_sample: int = Field(
+        500, ge=2, description="Held-out query rows: one half tunes the search parameter, the other measures the "
+                               "recall reported.")
+    recall_k: int = Field(8, ge=1, description="k of recall@k (curation's N neighbours; the query itself dropped).")
+    target_recall: float = Field(
+        0.95, gt=0, le=1, description="recall@k against exact search the search parameter is tuned to reach (the "
+                                      "smallest nprobe/efSearch that does).")
+    accept_lower_recall: bool = Field(
+        False, description="When no setting within `max_index_query_time_ms` reaches `target_recall`: false stops "
+                           "the stage with a one-line error; true keeps the best setting and warns.")
+    exact_below: int = Field(
+        50_000, ge=0, description="Corpora with fewer vectors get exact search (IndexFlat, recall 1); larger ones IVF.")
+    list_size: int = Field(
+        512, ge=16, description="Target vectors per IVF list: nlist = N / list_size rounded to a power of two, so one "
+                                "probe costs the same at any N.")
+    hnsw_quantizer_from: int = Field(
+        4096, ge=1, description="nlist from which the coarse quantiser is an HNSW32 graph (assignment in about log "
+                                "nlist) instead of an exact scan of the centroids.")
+    train_per_list: int = Field(
+        40, ge=1, description="Training rows per IVF list, drawn at random across all rows (every shard), not the "
+                              "first rows.")
+    train_iters: int = Field(10, ge=1, description="k-means iterations of the coarse quantiser.")
+    rerank: Literal["auto", "always", "never"] = Field(
+        "auto", description="Exact re-ranking of a candidate list from the memory-mapped embeddings: auto = when the "
+                            "codes are lossy (SQ, PQ), so compression need not cost recall.")
+    rerank_factor: int = Field(
+        4, ge=1, description="Candidates re-ranked per neighbour asked for (k x factor from the index).")
+    hnsw_ef_construction: int = Field(
+        200, ge=8, description="efConstruction of HNSW graphs (an HNSW key, or the HNSW coarse quantiser).")
 
 
 class CurationConfig(_Section):
