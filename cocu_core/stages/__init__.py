@@ -9,7 +9,7 @@ How data flows from a url list to mIoU (each module starts with what it Reads, W
 | download | `stages/download.py` | `download/shards/NNNNN.tar`, `samples.parquet` (img2dataset; the toy train split is served on 127.0.0.1) |
 | encoder | `stages/encoder.py` | `encoder/` (cocu-tiny trained on `toyworld/web`, or the given open_clip weights checked) |
 | embed | `stages/embed.py` | `embed/img_emb.npy`, `text_emb.npy`, `metadata.parquet` (clip-retrieval, row i aligned) |
-| index | `stages/index.py` | `index/image.index`, `caption.index` (autofaiss) |
+| index | `stages/index.py` | `index/image.index`, `caption.index` (faiss, tuned to `index.target_recall`) |
 | vocabulary | `stages/vocabulary.py` | `vocabulary/vocabulary.parquet` (caption concepts + benchmark classes) |
 | concepts | `stages/concepts.py` | `concept_emb/concept_emb_<key>.npy` |
 | curate | `stages/curate.py` | `curate/<variant>/archive_NNNNN.parquet` (algorithm in `curation/`) |

@@ -174,7 +174,7 @@ def load_inputs(cfg: PipelineConfig) -> tuple[CurationData, str]:
 
 
 def load_indexes(cfg: PipelineConfig) -> dict[str, Any]:
-    """Why: the image and caption FAISS indexes with autofaiss's tuned search parameters."""
+    """Why: the image and caption FAISS indexes with the search parameters the index stage tuned to its recall target."""
     from cocu_core.index import load_index  # faiss
 
     return {name: load_index(stage_dir(cfg, "index"), name) for name in ("image", "caption")}
