@@ -56,3 +56,10 @@ def small_config(workdir: Path, **sections: Any) -> PipelineConfig:
 
 
 # `world_dir` (the session's small world built by `small_world`) is a fixture of tests/conftest.py.
+
+
+def status_states(text: str) -> dict[str, str]:
+    """Why: `cocu status` as {stage: state}: the two-space-indented stage lines only (not the header, a stale stage's
+    reasons under it, or the schedule and lock lines after the table)."""
+    rows = (ln.split() for ln in text.splitlines() if ln.startswith("  ") and not ln.strip().startswith("-"))
+    return {r[0]: r[1] for r in rows if len(r) >= 2}

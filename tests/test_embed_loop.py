@@ -24,6 +24,23 @@ ROOT = TESTS.parent
 OUTPUTS = ("img_emb.npy", "text_emb.npy", "metadata.parquet")
 
 pytestmark = pytest.mark.slow
+# One CPU thread in every embedding process: CPU kernels may split a matrix product differently with another thread
+# count (seen on a CI machine: the reference's threads against two processes' half as many each, last bits apart), and
+# what these tests pin is the loop's arrangement (workers, processes, resume), not the BLAS library's threading.
+ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_process():
+    """Why: the embedding processes (children of this one) all run with one thread, whatever the machine."""
+    saved = {k: os.environ.get(k) for k in ONE_THREAD}
+    os.environ.update(ONE_THREAD)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

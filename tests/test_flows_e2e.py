@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ingest_fixtures import small_config
+from ingest_fixtures import small_config, status_states
 from proc_fixtures import kill_marked, marked_processes, processes_mentioning, wait_all_gone, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,10 +181,10 @@ def test_full_run_then_all_cache_hits_artifacts_and_status(world):
 
     st = _cocu(world, "status", "-c", str(world["path"]))
     assert st.returncode == 0, st.stderr
-    states = {ln.split()[0]: ln.split()[1] for ln in st.stdout.splitlines()[1:] if not ln.strip().startswith("-")}
+    states = status_states(st.stdout)
     assert states == dict.fromkeys(STAGES, "done"), st.stdout
     st = _cocu(world, "status", "-c", str(world["path"]), "--set", "curation.n_neighbours=4", "--set", "train.lr=0.001")
-    states = {ln.split()[0]: ln.split()[1] for ln in st.stdout.splitlines()[1:] if not ln.strip().startswith("-")}
+    states = status_states(st.stdout)
     assert states["embed"] == "done" and states["curate"] == "stale" and states["train"] == "stale", st.stdout
     assert "curation.n_neighbours: 8 -> 4" in st.stdout and "train.lr: 0.0016 -> 0.001" in st.stdout
     assert "upstream 'train' is stale" in st.stdout  # evaluate follows its checkpoint

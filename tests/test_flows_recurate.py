@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ingest_fixtures import small_config
+from ingest_fixtures import small_config, status_states
 from cocu_core.toyworld import read_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,12 +138,12 @@ def test_growing_list_downloads_and_embeds_only_new_pairs_and_versions_archives(
         return r.stdout
 
     out = status()
-    states = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()[1:] if not ln.strip().startswith("-")}
+    states = status_states(out)
     assert {s: states[s] for s in ("download", "encoder", "embed", "index", "vocabulary", "concepts", "curate")} == \
         dict.fromkeys(("download", "encoder", "embed", "index", "vocabulary", "concepts", "curate"), "done"), out
     _list(rows[:10], lists / "c.parquet")
     out = status()
-    states = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()[1:] if not ln.strip().startswith("-")}
+    states = status_states(out)
     assert states["download"] == "stale" and states["embed"] == "stale", out
     assert "the url list changed (250 usable pairs now, 240 listed when it ran)" in out
     assert "upstream 'download' is stale" in out
