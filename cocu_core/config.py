@@ -232,6 +232,13 @@ class IndexConfig(_Section):
         4, ge=1, description="Candidates re-ranked per neighbour asked for (k x factor from the index).")
     hnsw_ef_construction: int = Field(
         200, ge=8, description="efConstruction of HNSW graphs (an HNSW key, or the HNSW coarse quantiser).")
+    grow: bool = Field(
+        True, description="When the embeddings grew by new shards only (re-curation), add the new vectors to the existing "
+                          "index, keeping its trained coarse quantiser and codes, instead of rebuilding; the search "
+                          "parameter is re-tuned to target_recall, and a miss rebuilds.")
+    retrain_growth: float = Field(
+        2.0, ge=1.0, description="Grow an index only while it holds at most this many times the vectors its coarse "
+                                 "quantiser was trained on; past it the index is rebuilt (retrained).")
 
 
 class CurationConfig(_Section):
@@ -260,6 +267,13 @@ class CurationConfig(_Section):
     kmeans_threads: int = Field(
         1, ge=1, description="torch threads for the batched k-means; 1 avoids OpenMP spin-wait slowdowns on a shared CPU."
     )
+    incremental: bool = Field(
+        True, description="Re-curation recomputes only the archive rows that can change (a new image among the N "
+                          "neighbours, a member's caption concepts or an archive concept's embedding changed) and "
+                          "carries the others over from the previous archive; off: every shard is curated in full.")
+    reverse_k: int = Field(
+        0, ge=0, description="Neighbours searched per new image to find the old images it joins the N nearest of "
+                             "(approximate indexes; exact ones compare against every old image): 0 = 4 x n_neighbours.")
 
 
 class TrainConfig(_Section):

@@ -104,7 +104,7 @@ def curation_stages(run: StageRun) -> None:
     data, encoder_id = T.curation_inputs_task(cfg, run.threads_alone)
     prep = Prepared(data, T.load_indexes_task(cfg), encoder_id)
     if run.wants("curate"):
-        shard_results = curate_all(run, prep)
+        shard_results = curate_all(run, T.carry_plan_task(cfg, quote(prep), run.threads_alone))
         run.results["curate"] = summarise_shards(shard_results)
         run.timings["curate"] = round(time.time() - t0, 1)
         publish.curate(cfg, {**run.results["curate"], "per_shard": shard_results}, run.timings["curate"],

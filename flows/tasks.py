@@ -67,8 +67,15 @@ def curation_inputs_task(cfg: PipelineConfig, threads: int):
 
 @task(name="load-indexes", **STAGE_TASK)
 def load_indexes_task(cfg: PipelineConfig) -> dict:
-    """The image and caption FAISS indexes with autofaiss's tuned search parameters."""
+    """The image and caption FAISS indexes with the search parameters tuned to index.target_recall."""
     return curate.load_indexes(cfg)
+
+
+@task(name="incremental-plan", **STAGE_TASK)
+def carry_plan_task(cfg: PipelineConfig, prep: curate.Prepared, threads: int) -> curate.Prepared:
+    """Which earlier archive rows a re-curation recomputes (new neighbours, changed concepts) and which it carries."""
+    with limit_threads(threads):
+        return curate.with_carry(prep, cfg, context(cfg, threads).log)
 
 
 @task(name="curate-shard", **STAGE_TASK)

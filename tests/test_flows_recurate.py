@@ -108,6 +108,10 @@ def test_growing_list_downloads_and_embeds_only_new_pairs_and_versions_archives(
     assert {k: v for k, v in _shard_stamps(setup).items() if k in stamps} == stamps  # old shards never rewritten
     assert second["embed"]["shards_embedded"] == 1 and second["embed"]["shards_reused"] == 3
     assert second["curate"]["shards"] == 4 and second["curate"]["cached_shards"] == 0  # every shard re-curated
+    # ... incrementally: the 40 new rows and the earlier ones that can change recomputed, the others carried over
+    cur = second["curate"]
+    assert cur["recomputed"] + cur["carried"] == 160 and cur["recomputed"] >= 40
+    assert second["recurate"]["archive rows recomputed / carried over"] == f"{cur['recomputed']} / {cur['carried']}"
     assert second["archives"]["version"] == 2 and second["archives"]["previous"] == 1
     changes = second["archives"]["changes"]
     assert changes["old_images"] == 120 and changes["files_new"] == 1

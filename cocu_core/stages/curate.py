@@ -7,17 +7,23 @@ Writes  curate/<variant>/archive_NNNNN.parquet, curate/<variant>/shard_NNNNN/man
 Key     per shard: shard_inputs_fp(curation_upstream_key(embed, vocabulary, index keys, encoder), shard) + FIELDS
 
 The fan-out is the one exception to the one face: `prepare(ctx)` loads the inputs and both indexes once,
-`run_shard(prep, shard, ctx)` curates one shard, `run(ctx)` loops over them in order.
+`with_carry(prep, cfg)` adds the incremental plan, `run_shard(prep, shard, ctx)` curates one shard, `run(ctx)` loops
+over them in order.
+
+Incremental re-curation (`curation.incremental`, vision-driven variants): a shard curated before with the same
+settings, encoder, embeddings generation and rows recomputes only the rows `cocu_core/curation/incremental.py` finds
+changeable and carries the others over from its earlier archive; its manifest counts both and why.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -25,11 +31,12 @@ import pyarrow.parquet as pq
 from cocu_core import __version__
 from cocu_core.config import PipelineConfig, fingerprint
 from cocu_core.index.build import check_index_dir, check_index_shape
-from cocu_core.io import read_manifest, stage_is_current, write_manifest
+from cocu_core.io import read_json, read_manifest, stage_is_current, write_manifest
 from cocu_core.layout import stage_dir, toy_split
 from cocu_core.stages.base import (DONE, MISSING, PARTIAL, STALE, Context, Report, Stage, StageStatus, compare,
                                    upstream_key)
-from cocu_core.stages.concepts import load_concept_embeddings
+from cocu_core.concepts.embed import embeddings_cache_key
+from cocu_core.stages.concepts import _concepts, load_concept_embeddings
 from cocu_core.toyworld.oracle import (ORACLE_VARIANT, ORACLE_VERSION, OracleError, download_sample_ids,
                                        oracle_inputs_fp, oracle_table, toy_world_fingerprint)
 
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
 FIELDS = [
     "curation.variant", "curation.n_neighbours", "curation.k_sample", "curation.naive_sampling",
     "curation.batch_size", "curation.kmeans_iters", "curation.kmeans_restarts", "curation.seed",
-    "curation.max_ngram", "encoder.templates",
+    "curation.max_ngram", "encoder.templates", "curation.incremental", "curation.reverse_k",
 ]
 
 
@@ -95,11 +102,12 @@ def shard_inputs_fp(upstream_fp: str, shard: str) -> str:
 
 def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: PipelineConfig, upstream_fp: str,
                        encoder_id: str, image_index=None, caption_index=None,
-                       variant: Optional[str] = None) -> dict[str, Any]:
+                       variant: Optional[str] = None, carry: Optional["Carry"] = None) -> dict[str, Any]:
     """Why: the archive of one shard; its rows are searched against the whole dataset's indexes.
 
     `image_index`/`caption_index`: faiss indexes, or paths to index files (memory-mapped once per process), or
-    None (exact search over the embeddings, for small data)."""
+    None (exact search over the embeddings, for small data). `carry`: an incremental re-curation's plan; a shard it
+    holds recomputes only its changed rows and carries the others over."""
     from cocu_core.curation import archive_metadata, curate, write_archive  # torch
 
     ccfg = cfg.curation if variant is None else cfg.curation.model_copy(update={"variant": variant})
@@ -112,9 +120,13 @@ def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: Pipel
     _check_inputs(data, ccfg.variant, image_index, caption_index)
     t0 = time.time()
     rows = data.rows_of(shard)
+    earlier = carry.shard_plan(data, shard, out_dir) if carry is not None and shard in carry.shards else None
+    query = rows if earlier is None else rows[earlier["recompute"]]
     table = curate(data.key_array, _blank_captions(data.n), (data.offsets, data.ids), data.img_emb, data.cap_emb,
-                   data.concept_emb, ccfg, image_index, caption_index, concept_names=data.concepts, query_rows=rows,
+                   data.concept_emb, ccfg, image_index, caption_index, concept_names=data.concepts, query_rows=query,
                    validate=False)
+    if earlier is not None:
+        table = merge_carried(table, query, earlier["carried"], rows[~earlier["recompute"]])
     col = table.schema.get_field_index("caption")
     table = table.set_column(col, table.schema.field(col), pa.array(data.captions_of(shard), pa.string()))
     meta = archive_metadata(ccfg, encoder_id)
@@ -125,9 +137,154 @@ def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: Pipel
     dt = time.time() - t0
     counts = {"images": int(len(rows)), "empty_archives": int((n_concepts == 0).sum()),
               "mean_archive_size": float(n_concepts.mean()) if len(n_concepts) else 0.0,
-              "seconds": round(dt, 3), "images_per_s": round(len(rows) / dt, 1) if dt > 0 else None}
-    write_manifest(shard_dir, "curate", inputs, fields, counts, {"variant": ccfg.variant})
+              "seconds": round(dt, 3), "images_per_s": round(len(rows) / dt, 1) if dt > 0 else None,
+              "recomputed": int(len(query)), "carried": int(len(rows) - len(query)),
+              **(earlier["why"] if earlier is not None else {"new_neighbour": 0, "concepts_changed": 0})}
+    record = {"encoder": encoder_id, "algorithm": _algorithm(), "part_key": embed_part_key(data),
+              "rows": [int(rows[0]), int(rows[-1]) + 1] if len(rows) else [0, 0],
+              "concept_emb": carry_concept_file(cfg, encoder_id).name}
+    write_manifest(shard_dir, "curate", inputs, fields, counts, {"variant": ccfg.variant, "incremental": record})
     return {**counts, "shard": shard, "cached": False}
+
+
+def _algorithm() -> int:
+    from cocu_core.curation.archive import ALGORITHM_VERSION  # torch, through the curation package
+
+    return ALGORITHM_VERSION
+
+
+def embed_part_key(data: CurationData) -> Optional[str]:
+    """Why: the embeddings generation (download generation + encoder + fields) a shard's rows were embedded in."""
+    return (read_manifest(data.embed_dir) or {}).get("part_key")
+
+
+def carry_concept_file(cfg: PipelineConfig, encoder_id: str) -> Path:
+    """Why: today's concept embedding file (kept beside later ones), so a later re-curation can tell which
+    concepts embed differently."""
+    key = embeddings_cache_key(_concepts(stage_dir(cfg, "vocabulary")), encoder_id, cfg.encoder.templates)
+    return stage_dir(cfg, "concepts") / f"concept_emb_{key}.npy"
+
+
+def merge_carried(fresh: pa.Table, fresh_rows: np.ndarray, kept: pa.Table, kept_rows: np.ndarray) -> pa.Table:
+    """Why: recomputed and carried rows back in the shard's row order."""
+    both = pa.concat_tables([fresh, kept.cast(fresh.schema)])
+    order = np.argsort(np.concatenate([fresh_rows, kept_rows]), kind="stable")
+    return both.take(pa.array(order, pa.int64()))
+
+
+@dataclass
+class Carry:
+    """An incremental re-curation's plan, made once before any shard: which earlier shards can carry rows over, and
+    per row (over the whole corpus) the reasons found so far to recompute it."""
+
+    shards: dict[str, dict]  # shard -> its earlier manifest (same settings, encoder, rows and embeddings)
+    old_map: np.ndarray  # earlier concept id -> today's (-1: dropped)
+    joined: np.ndarray  # [n] a new image now reaches the row's N nearest
+    own_changed: np.ndarray  # [n] an archive concept dropped or embeds differently, or a tie flips order
+    caption_changed: np.ndarray  # [n] the caption's concepts differ today (True for rows not curated earlier)
+    n_neighbours: int
+    reasons: dict[str, Any] = field(default_factory=dict)
+
+    def shard_plan(self, data: CurationData, shard: str, out_dir: Path) -> dict[str, Any]:
+        """Why: one earlier shard's rows to recompute (and why), and its earlier archive rows that are kept."""
+        from cocu_core.curation.archive import ARCHIVE_SCHEMA  # torch, through the curation package
+        from cocu_core.curation.incremental import carried, list_offsets, neighbour_rows  # torch (curation package)
+
+        rows = data.rows_of(shard)
+        old = pq.read_table(out_dir / f"archive_{shard}.parquet", schema=ARCHIVE_SCHEMA)
+        nb = neighbour_rows(old.column("neighbour_keys"), data.key_array, self.n_neighbours)
+        lost = (nb >= 0).sum(axis=1) != np.diff(list_offsets(old.column("neighbour_keys"))[0])
+        members = (self.caption_changed[np.clip(nb, 0, None)] & (nb >= 0)).any(axis=1) | self.caption_changed[rows]
+        joined = self.joined[rows]
+        other = self.own_changed[rows] | members | lost
+        recompute = joined | other
+        keep = np.flatnonzero(~recompute)
+        kept = carried(old, keep, self.old_map, data.offsets, data.ids, rows[keep])
+        return {"recompute": recompute, "carried": kept,
+                "why": {"new_neighbour": int(joined.sum()), "concepts_changed": int((other & ~joined).sum())}}
+
+
+def plan_carry(cfg: PipelineConfig, data: CurationData, indexes: Mapping[str, Any], encoder_id: str,
+               log=None) -> Optional[Carry]:
+    """Why: before any shard, the earlier shards whose rows may be carried over, and every earlier row's reasons to
+    be recomputed that need the whole corpus (a new image among its nearest, changed captions and concepts).
+    None: nothing to carry (`curation.incremental` off, another expansion, no earlier archive of these settings)."""
+    from cocu_core.curation.archive import ARCHIVE_SCHEMA  # torch, through the curation package
+    from cocu_core.curation.incremental import (caption_changed, concepts_changed, id_mapping,  # torch (curation)
+                                                joined_by_new, list_offsets, neighbour_rows, nth_similarity,
+                                                ties_reordered)
+    from cocu_core.curation.variants import get_variant  # torch, through the curation package
+
+    ccfg = cfg.curation
+    variant = get_variant(ccfg.variant)
+    if not ccfg.incremental or variant.expansion != "vision":
+        return None
+    folder, fields = stage_dir(cfg, "curate"), cfg.fields_for(FIELDS)
+    part_key, algo = embed_part_key(data), _algorithm()
+    shards: dict[str, dict] = {}
+    for shard, (a, b) in sorted(data.shard_rows.items()):
+        m = read_manifest(folder / f"shard_{shard}")
+        rec = (m or {}).get("incremental") or {}
+        if not m or m.get("config_fields") != fields or rec.get("encoder") != encoder_id or \
+                rec.get("algorithm") != algo or not part_key or rec.get("part_key") != part_key or \
+                list(rec.get("rows") or []) != [a, b] or not (folder / f"archive_{shard}.parquet").is_file():
+            continue
+        shards[shard] = m
+    files = {m["incremental"].get("concept_emb") for m in shards.values()}
+    if len(files) > 1:  # curated against other vocabularies: keep the shards of the latest one only
+        latest = max(shards.values(), key=lambda m: m.get("finished_at", ""))["incremental"]["concept_emb"]
+        shards = {s: m for s, m in shards.items() if m["incremental"]["concept_emb"] == latest}
+    if not shards:
+        return None
+    def columns(s: str, names: list[str]) -> pa.Table:
+        t = pq.read_table(folder / f"archive_{s}.parquet", schema=ARCHIVE_SCHEMA, columns=names)
+        a, b = data.shard_rows[s]
+        if t.num_rows != b - a:
+            raise ValueError(f"{folder}/archive_{s}.parquet holds {t.num_rows} rows, its manifest says {b - a}")
+        return t
+
+    maps = []
+    for s in shards:  # one shard's (id, name) lists at a time: memory is one shard's
+        t = columns(s, ["concept_ids", "concepts"])
+        maps.append(id_mapping(t.column("concept_ids"), t.column("concepts"), data.concepts))
+    old_map = np.full(max((len(m) for m in maps), default=0), -1, np.int64)
+    for m in maps:
+        old_map[:len(m)] = np.maximum(old_map[:len(m)], m)
+    old_file = stage_dir(cfg, "concepts") / next(iter(shards.values()))["incremental"]["concept_emb"]
+    old_emb = np.load(old_file, mmap_mode="r") if old_file.is_file() else None
+    changed_ids = concepts_changed(old_map, old_emb, data.concept_emb)
+    n = data.n
+    old_rows = np.sort(np.concatenate([data.rows_of(s) for s in shards]))
+    is_old = np.zeros(n, bool)
+    is_old[old_rows] = True
+    thr = np.full(n, -np.inf, np.float32)
+    cap = np.ones(n, bool)
+    own = np.zeros(n, bool)
+    score = "t2v_scores" if variant.ranking == "t2v" else "naive_scores"
+    for s in shards:
+        t = columns(s, ["caption_concept_ids", "concept_ids", "naive_scores", "t2v_scores", "neighbour_keys"])
+        rows = data.rows_of(s)
+        nb = neighbour_rows(t.column("neighbour_keys"), data.key_array, ccfg.n_neighbours)
+        thr[rows] = nth_similarity(data.img_emb, rows, nb, ccfg.n_neighbours)
+        cap[rows] = caption_changed(t.column("caption_concept_ids"), old_map, data.offsets, data.ids, rows)
+        off, flat = list_offsets(t.column("concept_ids"))
+        bad = changed_ids[np.clip(flat.to_numpy(zero_copy_only=False).astype(np.int64), 0, len(changed_ids) - 1)]
+        per_row = np.zeros(len(rows), bool)
+        per_row[np.repeat(np.arange(len(rows)), np.diff(off))[bad]] = True
+        own[rows] = per_row | ties_reordered(t.column("concept_ids"), t.column(score), old_map)
+    exact = not read_json(stage_dir(cfg, "index") / "image_infos.json").get("nlist") \
+        if (stage_dir(cfg, "index") / "image_infos.json").is_file() else False
+    index = None if exact else resolve_index(indexes["image"])
+    reverse_k = ccfg.reverse_k or 4 * ccfg.n_neighbours
+    joined = np.zeros(n, bool)
+    joined[old_rows] = joined_by_new(data.img_emb, thr[old_rows], old_rows, np.flatnonzero(~is_old), index, reverse_k)
+    reasons = {"shards_carried_from": len(shards), "earlier_rows": int(len(old_rows)),
+               "new_rows": int(n - len(old_rows)), "search": "exact" if exact else f"{reverse_k} nearest per new image",
+               "concepts_changed": int(changed_ids.sum())}
+    if log:
+        log(f"curate: incremental over {len(shards)} earlier shards ({len(old_rows):,} rows, {n - len(old_rows):,} new); "
+            f"{int(joined.sum()):,} earlier rows gain a new neighbour")
+    return Carry(shards, old_map, joined, own, cap, ccfg.n_neighbours, reasons)
 
 
 def curation_upstream_fp(cfg: PipelineConfig, encoder_id: str) -> str:
@@ -150,9 +307,12 @@ def summarise_shards(results: Sequence[dict]) -> dict[str, Any]:
     """Why: one line of totals for the stage table artifact; the stage is cached when every shard was."""
     images = sum(r["images"] for r in results)
     secs = sum(r.get("seconds", 0) for r in results if not r.get("cached"))
+    fresh = [r for r in results if not r.get("cached")]
     return {"shards": len(results), "images": images, "empty_archives": sum(r["empty_archives"] for r in results),
             "cached_shards": sum(bool(r.get("cached")) for r in results), "seconds": round(secs, 2),
-            "cached": all(r.get("cached") for r in results)}
+            "cached": all(r.get("cached") for r in results),
+            **{k: sum(int(r.get(k, r["images"] if k == "recomputed" else 0)) for r in fresh)
+               for k in ("recomputed", "carried", "new_neighbour", "concepts_changed")}}
 
 
 @dataclass
@@ -162,6 +322,7 @@ class Prepared:
     data: CurationData
     indexes: dict[str, Any]
     encoder_id: str
+    carry: Optional[Carry] = None
 
 
 def load_inputs(cfg: PipelineConfig) -> tuple[CurationData, str]:
@@ -186,18 +347,24 @@ def prepare(ctx: Context) -> Prepared:
     return Prepared(data, load_indexes(ctx.cfg), encoder_id)
 
 
+def with_carry(prep: Prepared, cfg: PipelineConfig, log=None) -> Prepared:
+    """Why: the shared inputs plus the incremental plan (made once, before any shard; None when nothing carries)."""
+    return Prepared(prep.data, prep.indexes, prep.encoder_id, plan_carry(cfg, prep.data, prep.indexes, prep.encoder_id,
+                                                                         log))
+
+
 def run_shard(prep: Prepared, shard: str, ctx: Context) -> Report:
     """Why: one shard's archive (cached per shard), the unit the flow fans out."""
     cfg = ctx.cfg
     return curate_shard_stage(prep.data, shard, ctx.dir("curate"), cfg, curation_upstream_fp(cfg, prep.encoder_id),
-                              prep.encoder_id, prep.indexes["image"], prep.indexes["caption"])
+                              prep.encoder_id, prep.indexes["image"], prep.indexes["caption"], carry=prep.carry)
 
 
 def run(ctx: Context, prep: Optional[Prepared] = None) -> Report:
     """Why: every shard in order (the flow runs them concurrently instead, through `run_shard`)."""
     from cocu_core.curation.data import shard_names  # torch, through the curation package
 
-    prep = prep or prepare(ctx)
+    prep = with_carry(prep or prepare(ctx), ctx.cfg, ctx.log)
     results = [run_shard(prep, s, ctx) for s in shard_names(prep.data)]
     return {**summarise_shards(results), "per_shard": results}
 

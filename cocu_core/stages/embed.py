@@ -144,7 +144,7 @@ def embed_stage(
         log(f"embed: {n} samples x {dim} dims from {n_shards} shards ({done} reused) in {infer_s:.1f}s")
     write_manifest(out, "embed", inputs_fp, fields, counts={"embedded": n, "dim": dim, "shards": n_shards},
                    extra={"report": report, "clip_model": clip_model, "runtime": cfg.fields_for(RUNTIME_FIELDS),
-                          "shard_rows": asm["shard_rows"]})
+                          "shard_rows": asm["shard_rows"], "part_key": part_key})
     return {**report, "cached": False}
 
 

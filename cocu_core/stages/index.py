@@ -18,7 +18,10 @@ the most accurate that fit `max_index_memory_usage`; lossy codes are re-ranked e
 embeddings. The coarse quantiser trains on random rows across all shards. nprobe/efSearch is the smallest reaching
 `target_recall` (recall@k as curation uses it: the query itself dropped) on half the held-out queries, reported on
 the other half; unreachable within `max_index_query_time_ms` stops the stage (`accept_lower_recall` warns instead).
-The manifest records which embeddings (and encoder) the indexes were built over, so curation refuses another's.
+The manifest records which embeddings (and encoder) the indexes were built over, so curation refuses another's, and
+their shard rows: when the embeddings grew by new shards only, the new vectors are added to the earlier index
+(`cocu_core/index/grow.py`; quantiser and codes kept, search parameter re-tuned) unless `index.retrain_growth`, a policy
+change or a recall miss calls for a rebuild; the report says which (`grown_from`, `trained_vectors`, `rebuilt_because`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ import numpy as np
 from cocu_core.config import PipelineConfig
 from cocu_core.embeddings.store import npy_header, open_npy, shard_row_ranges
 from cocu_core.index.build import INDEXES, RerankIndex, build_index, write_index
+from cocu_core.index.grow import can_grow, grow_index, growth_base, plan_from_infos
 from cocu_core.index.policy import plan_index
-from cocu_core.index.tune import tune
+from cocu_core.index.tune import IndexRecallError, tune
 from cocu_core.io import read_json, read_manifest, stage_is_current, write_json_atomic, write_manifest
 from cocu_core.layout import stage_dir
 from cocu_core.stages.base import Context, Report, Stage, StageStatus, compare
@@ -58,6 +62,8 @@ FIELDS = [
     "index.rerank",
     "index.rerank_factor",
     "index.hnsw_ef_construction",
+    "index.grow",
+    "index.retrain_growth",
 ]
 
 
@@ -71,34 +77,68 @@ def shards_covered(sample: Optional[np.ndarray], ranges: Mapping[str, tuple[int,
 
 
 def build_tuned(f: Path, out: Path, name: str, cfg: PipelineConfig, ranges: Mapping[str, tuple[int, int]],
-                log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
-    """Why: one index: plan, build, tune, write (index then infos, each atomically); returns its report row."""
+                log: Optional[Callable[[str], None]] = None, grow_from: Optional[int] = None,
+                prev_row: Optional[Mapping[str, Any]] = None, why_build: str = "") -> dict[str, Any]:
+    """Why: one index: grown from the earlier one when allowed (`grow_from` rows unchanged), else planned and built;
+    tuned, written (index then infos, each atomically); returns its report row."""
     icfg = cfg.index
     x = open_npy(f)
     n, d = x.shape
     plan = plan_index(n, d, icfg)
-    if log:
-        log(f"index {name}: {plan.key} over {n:,} x {d}" + (" with exact re-rank" if plan.rerank else ""))
-    t0 = time.time()
-    index, info = build_index(x, plan, icfg, [cfg.seed, 13, len(name)], log, name)
-    build_s = time.time() - t0
-    searched = RerankIndex(index, x, icfg.rerank_factor, icfg.metric_type) if plan.rerank else index
-    t1 = time.time()
-    tuned = tune(searched, plan, x, icfg, [cfg.seed, 11], name, log)
+    grown = None
+    if grow_from is not None and prev_row is not None and (out / f"{name}_infos.json").is_file():
+        prev_plan = plan_from_infos(read_json(out / f"{name}_infos.json"))
+        why_build = can_grow(prev_row, prev_plan, plan, n, icfg)
+        if not why_build:
+            t0 = time.time()
+            index = grow_index(out / f"{name}.index", x, grow_from)
+            info = {"train_rows": 0, "add_seconds": round(time.time() - t0, 2)}
+            searched = RerankIndex(index, x, icfg.rerank_factor, icfg.metric_type) if prev_plan.rerank else index
+            t1 = time.time()
+            try:
+                tuned = tune(searched, prev_plan, x, icfg, [cfg.seed, 11], name, log)
+            except IndexRecallError as e:
+                tuned = None
+                why_build = f"grown, it misses the recall target ({e})"
+            if tuned is not None and not tuned["target_met"]:
+                why_build, tuned = "grown, it misses the recall target", None
+            if tuned is not None:
+                grown = (index, info, prev_plan, tuned, time.time() - t0, time.time() - t1)
+    if grown is not None:
+        index, info, plan, tuned, build_s, recall_s = grown
+        info.update(grown_from=int(grow_from), added=int(n - grow_from),
+                    trained_vectors=int(prev_row.get("trained_vectors") or prev_row["vectors"]))
+        if log:
+            log(f"index {name}: {n - grow_from:,} new vectors added to the earlier {plan.key} over {grow_from:,} "
+                "(its coarse quantiser kept)")
+    else:
+        if log:
+            log(f"index {name}: {plan.key} over {n:,} x {d}" + (" with exact re-rank" if plan.rerank else "")
+                + (f" (rebuilt: {why_build})" if why_build else ""))
+        t0 = time.time()
+        index, info = build_index(x, plan, icfg, [cfg.seed, 13, len(name)], log, name)
+        build_s = time.time() - t0
+        searched = RerankIndex(index, x, icfg.rerank_factor, icfg.metric_type) if plan.rerank else index
+        t1 = time.time()
+        tuned = tune(searched, plan, x, icfg, [cfg.seed, 11], name, log)
+        recall_s = time.time() - t1
+        info.update(grown_from=None, added=0, trained_vectors=int(n), rebuilt_because=why_build or None)
     cover = shards_covered(info.pop("_train_sample", None), ranges)
     index_bytes = write_index(index, out / f"{name}.index")
     infos = {"index_key": plan.key, "index_param": tuned["index_param"], "metric_type": icfg.metric_type,
              "rerank_factor": icfg.rerank_factor if plan.rerank else 0,
-             "embeddings": os.path.relpath(f.resolve(), out.resolve()), "nlist": plan.nlist, "codes": plan.codes}
+             "embeddings": os.path.relpath(f.resolve(), out.resolve()), "nlist": plan.nlist, "codes": plan.codes,
+             "param": plan.param, "bytes_per_vector": plan.bytes_per_vector}
     write_json_atomic(out / f"{name}_infos.json", infos)
     k = max(1, min(icfg.recall_k, n - 1))
     row = {"vectors": int(n), "dim": int(d), "index_key": plan.key, "index_param": tuned["index_param"],
            "rerank_factor": infos["rerank_factor"], "build_seconds": round(build_s, 2),
-           "recall_seconds": round(time.time() - t1, 2), "index_bytes": index_bytes, **info,
+           "recall_seconds": round(recall_s, 2), "index_bytes": index_bytes, **info,
            **({} if cover is None else cover), **tuned}
     if log:
-        log(f"index {name}: {plan.key} ({tuned['index_param']}) built in {build_s:.1f}s, {index_bytes / 2**20:.0f} MiB, "
-            f"recall@{k} {tuned[f'recall@{k}']:.3f} on held-out queries (target {icfg.target_recall:g})")
+        log(f"index {name}: {plan.key} ({tuned['index_param']}) {'grown' if grown else 'built'} in {build_s:.1f}s, "
+            f"{index_bytes / 2**20:.0f} MiB, recall@{k} {tuned[f'recall@{k}']:.3f} on held-out queries "
+            f"(target {icfg.target_recall:g})")
     return row
 
 
@@ -126,13 +166,19 @@ def index_stage(
     except (OSError, ValueError, KeyError):  # no shard layout recorded: coverage is not reported
         ranges = {}
     out.mkdir(parents=True, exist_ok=True)
+    prev = read_manifest(out)
+    prev_report = read_json(out / "report.json") if prev and (out / "report.json").is_file() else {}
+    n_rows = npy_header(files["image"])[0][0]
+    grow_from, why = growth_base(prev, fields, emb, ranges, n_rows, cfg.index)
     (out / "manifest.json").unlink(missing_ok=True)
-    report = {name: build_tuned(f, out, name, cfg, ranges, log) for name, f in files.items()}
+    report = {name: build_tuned(f, out, name, cfg, ranges, log, grow_from, prev_report.get(name), why)
+              for name, f in files.items()}
     write_json_atomic(out / "report.json", report)
     write_manifest(out, "index", emb["cache_key"], fields,
                    counts={f"{n}_vectors": r["vectors"] for n, r in report.items()},
                    extra={"report": {n: {k: v for k, v in r.items() if k != "tuning"} for n, r in report.items()},
-                          "clip_model": emb.get("clip_model")})
+                          "clip_model": emb.get("clip_model"), "part_key": emb.get("part_key"),
+                          "shard_rows": {s: list(r) for s, r in ranges.items()}})
     return {**report, "cached": False}
 
 
