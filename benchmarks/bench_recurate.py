@@ -157,6 +157,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"rows recomputed: incremental {ic['recomputed']:,} of {ic['images']:,} ({ic['new_neighbour']:,} earlier rows "
           f"with a new image among their 8 nearest, {ic['concepts_changed']:,} with changed concepts, "
           f"{ic['carried']:,} carried over); full {fc['recomputed']:,}")
+    share = ic["new_neighbour"] / args.n
+    expected = 1 - (1 - extra / (args.n + extra)) ** 8
+    print(f"earlier rows with a new image among their 8 nearest: {share:.1%} (new pairs spread like the old ones: "
+          f"about 1 - (1 - new/all)^8 = {expected:.1%}); recomputing them is required for the exact result, so the "
+          f"curate part cannot cost less than about {(extra + ic['new_neighbour']) / (args.n + extra):.2f} of a full one")
     print(f"image index: incremental {gi['index_key']} grown from {gi['grown_from']} ({gi['index_param']}, recall@8 "
           f"{gi['recall@8']}, target {gi['target_recall']}, met {gi['target_met']}); full {fi['index_key']} "
           f"({fi['index_param']}, recall@8 {fi['recall@8']})")
