@@ -74,7 +74,8 @@ class DataConfig(_Section):
         "toyworld", description="`toyworld`: generate and serve the embedded world; `url_list`: a real list."
     )
     url_list: Optional[str] = Field(
-        None, description="Parquet/CSV/TSV list of pairs for `source: url_list` (e.g. CC3M's TSV)."
+        None, description="Parquet/CSV/TSV list of pairs for `source: url_list` (e.g. CC3M's TSV), or a folder of them; "
+                          "a local path or an fsspec URL (s3://bucket/cc12m.parquet, gs://..., file://...)."
     )
     input_format: Literal["parquet", "csv", "tsv", "txt"] = Field("parquet", description="Format of `url_list`.")
     url_col: str = Field("url", description="Column of `url_list` holding image URLs.")
@@ -497,6 +498,20 @@ class AblationConfig(_Section):
         return v
 
 
+class StorageConfig(_Section):
+    """Where data lives besides the work folder, and how fsspec reaches it (never part of a cache key)."""
+
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="fsspec options per protocol, e.g. {s3: {endpoint_url: 'http://127.0.0.1:9000', "
+                    "client_kwargs: {region_name: eu-west-1}}}; credentials may go here or, as fsspec users expect, in "
+                    "the environment (AWS_ACCESS_KEY_ID, ...) or a profile. Never written to manifests or logs.")
+    archives: Optional[str] = Field(
+        None, description="An fsspec URL (e.g. s3://bucket/cocu/archives) where every published archive version is "
+                          "also written: its files first, its version.json (names and checksums) last; readers trust "
+                          "only versions whose version.json is there. None: local versions only.")
+
+
 class PipelineConfig(_Section):
     """The whole pipeline: one YAML file, one model."""
 
@@ -510,6 +525,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="GroupViT training.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Concurrency, schedule, versions kept.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Remote data locations (fsspec).")
     ablation: AblationConfig = Field(default_factory=AblationConfig, description="The ablation of `cocu ablation`.")
 
     @field_validator("workdir")

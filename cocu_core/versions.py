@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cocu_core import storage
+from cocu_core.errors import CocuError
 from cocu_core.io import read_json, write_json_atomic
 from cocu_core.layout import versions_root  # noqa: F401  (re-exported: the archives folder is declared in layout)
 
@@ -130,6 +132,87 @@ def pin_archives(src: Path, dest: Path) -> Path:
     tmp = _linked_copy(files, dest.parent / f".{dest.name}.tmp")
     write_json_atomic(tmp / "pin.json", {"source": str(src), "files": [p.name for p in files],
                                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def remote_versions(remote_root: str, options=None) -> list[int]:
+    """Why: the versions a reader may trust on an object store: those whose version.json is there (it is written
+    last, so a publish killed part-way leaves objects no version names)."""
+
+    fs, path = storage.filesystem(remote_root, options)
+    fs.invalidate_cache()
+    if not storage.call(remote_root, fs.exists, path):
+        storage.kind(remote_root, options)  # a missing bucket is an error, an empty prefix is no versions
+        return []
+    out = []
+    for e in storage.call(remote_root, fs.ls, path, detail=True):
+        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        if e.get("type") == "directory" and name.startswith("v") and name[1:].isdigit() and \
+                storage.call(remote_root, fs.exists, f"{e['name'].rstrip('/')}/version.json"):
+            out.append(int(name[1:]))
+    return sorted(out)
+
+
+def sync_remote_versions(root: Path, remote_root: str, keep: int, options=None,
+                         log=None) -> dict[str, list[int]]:
+    """Why: every local version the object store lacks is written there (archive files, then version.json), and
+    remote versions beyond the newest `keep` removed (version.json first, so a reader never trusts a half-deleted
+    one); a rerun after a kill finishes what was left."""
+
+    have = set(remote_versions(remote_root, options))
+    written = []
+    for number in list_versions(root):
+        if number in have:
+            continue
+        local = version_dir(root, number)
+        dest = storage.join(remote_root, local.name)
+        rec = read_json(local / "version.json")
+        for name in sorted(rec["files"]):
+            storage.put_file(local / name, storage.join(dest, name), options)
+        storage.put_file(local / "version.json", storage.join(dest, "version.json"), options)
+        written.append(number)
+        if log:
+            log(f"archives: version {number} written to {dest}")
+    pruned = []
+    for number in remote_versions(remote_root, options)[:-keep]:
+        dest = storage.join(remote_root, f"v{number:04d}")
+        storage.remove(storage.join(dest, "version.json"), options)
+        storage.remove(dest, options)
+        pruned.append(number)
+    return {"written": written, "pruned": pruned}
+
+
+class VersionIntegrityError(ValueError, CocuError):
+    """A remote archive version whose objects do not match its version.json."""
+
+
+def fetch_version(remote_root: str, number: int, dest: Path, options=None) -> Path:
+    """Why: a published version copied from the object store into a local folder (readers memory-map local files),
+    each file checked against the checksum its version.json records; nothing is in place until all are."""
+    import json
+
+
+    if number not in remote_versions(remote_root, options):
+        raise storage.StorageError(f"no archive version {number} at {remote_root} (versions there: "
+                                   f"{remote_versions(remote_root, options) or 'none'})")
+    src = storage.join(remote_root, f"v{number:04d}")
+    rec = json.loads(storage.read_bytes(storage.join(src, "version.json"), options))
+    tmp = dest.parent / f".{dest.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, digest in sorted(rec["files"].items()):
+        storage.get_file(storage.join(src, name), tmp / name, options)
+        got = file_hash(tmp / name)
+        if got != digest:
+            shutil.rmtree(tmp)
+            raise VersionIntegrityError(
+                f"{storage.join(src, name)} does not match its version.json (sha256 {got}..., recorded {digest}...): "
+                "not trusted")
+    write_json_atomic(tmp / "version.json", rec)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)

@@ -15,14 +15,14 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cocu_core import stages
+from cocu_core import stages, storage
 from cocu_core.config import PipelineConfig
 from cocu_core.io import read_manifest
 from cocu_core.layout import stage_dir, versions_root
 from cocu_core.runtime import limit_threads
 from cocu_core.stages import curate, semantic_gap
 from cocu_core.stages.base import Context
-from cocu_core.versions import publish_version, version_dir
+from cocu_core.versions import publish_version, sync_remote_versions, version_dir
 from flows import publish
 from flows.progress import Progress
 
@@ -106,4 +106,8 @@ def publish_archives_task(cfg: PipelineConfig, download: dict) -> dict:
     rec["dir"] = str(version_dir(root, rec["version"]))
     if rec["new_version"]:
         log(f"archives: version {rec['version']} in {rec['dir']} ({rec['changes']}); pruned {rec['pruned']}")
+    if cfg.storage.archives:  # also on the object store: every local version it lacks (a killed upload redone)
+        remote = storage.join(cfg.storage.archives, cfg.curation.variant)
+        rec["remote"] = {"location": remote, **sync_remote_versions(root, remote, cfg.runtime.keep_versions,
+                                                                   cfg.storage.options, log)}
     return {**rec, "cached": not rec["new_version"]}

@@ -24,7 +24,7 @@ LIB = ROOT / "cocu_core"
 
 BASE = {"cocu_core", "cocu_core.config", "cocu_core.layout", "cocu_core.errors", "cocu_core.env", "cocu_core.io",
         "cocu_core.proc", "cocu_core.runtime", "cocu_core.compat", "cocu_core.templates", "cocu_core.plot",
-        "cocu_core.versions", "cocu_core.wordnet_data", "cocu_core.doctor", "cocu_core.lock"}
+        "cocu_core.versions", "cocu_core.wordnet_data", "cocu_core.doctor", "cocu_core.lock", "cocu_core.storage"}
 LIBRARIES = ("toyworld", "data", "encoder", "embeddings", "index", "concepts", "curation", "model", "train",
              "evaluation")
 TOP = ("cocu_core.cli", "cocu_core.ablation")

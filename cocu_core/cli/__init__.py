@@ -94,7 +94,7 @@ command("config", lambda p: add_config_args(p, required=True))(cmd_config)
 command("status", lambda p: add_config_args(p, required=True))(cmd_status)
 
 # The sub-commands of their own modules register after these four (the order `--help` lists them in).
-from cocu_core.cli import encoder_report, train, evaluate  # noqa: E402, F401, I001
+from cocu_core.cli import archives, encoder_report, train, evaluate  # noqa: E402, F401, I001
 
 
 def build_parser() -> argparse.ArgumentParser:

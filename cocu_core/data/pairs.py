@@ -15,30 +15,79 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cocu_core.config import ConfigError
+from cocu_core.storage import is_remote, kind, local_path, open_file
+from cocu_core.storage import list_files as storage_list_files
 
 INPUT_SCHEMA = pa.schema([("url", pa.string()), ("caption", pa.string()), ("sample_id", pa.string())])
 
 
-def read_url_list(path: str | Path, input_format: str = "parquet", url_col: str = "url",
-                  caption_col: str = "caption", id_col: str = "key") -> pa.Table:
-    """Why: any list (our toy list, CC3M's TSV) becomes one (url, caption, sample_id) table in list order."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"url list not found: {p}")
+def list_files(location: str | Path, input_format: str, options=None) -> tuple[list[str | Path], bool]:
+    """Why: `data.url_list` is one list file, or a folder of them (read in name order); local or an fsspec URL.
+    Returns the files and whether the location is a folder."""
+    if is_remote(location):
+        what = kind(location, options)
+        if what == "file":
+            return [str(location)], False
+        if what == "missing":
+            raise FileNotFoundError(f"data.url_list not found: {location}")
+        files: list = storage_list_files(location, input_format, options)
+    else:
+        p = local_path(location)
+        if not p.is_dir():
+            if not p.is_file():
+                raise FileNotFoundError(f"data.url_list not found: {p}")
+            return [p], False
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lstrip(".") == input_format
+                       and not f.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"data.url_list folder {location} holds no *.{input_format} file")
+    return files, True
+
+
+def _source(path: str | Path, options=None):
+    """Why: what pyarrow reads: a local path, or a file object over a remote one."""
+    return open_file(path, options) if is_remote(path) else local_path(path)
+
+
+def list_columns(path: str | Path, input_format: str, options=None) -> list[str]:
+    """Why: a list's column names from its header (Parquet footer, CSV/TSV first line) only."""
     if input_format == "parquet":
-        table = pq.read_table(p)
+        try:
+            return list(pq.read_schema(_source(path, options)).names)
+        except OSError:
+            raise
+        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+            raise ConfigError(f"data.url_list {path} is not a Parquet file ({type(exc).__name__}: {exc})") from None
+    if input_format in ("csv", "tsv"):
+        src = _source(path, options)
+        fh = src if not isinstance(src, Path) else open(src, "rb")
+        with fh:
+            header = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+        return [c.strip().strip('"') for c in header.split("," if input_format == "csv" else "\t")]
+    raise ConfigError(f"data.input_format '{input_format}': a caption column is required; use parquet, csv or tsv")
+
+
+def read_url_list(path: str | Path, input_format: str = "parquet", url_col: str = "url",
+                  caption_col: str = "caption", id_col: str = "key", options=None) -> pa.Table:
+    """Why: any list (our toy list, CC3M's TSV; local or an fsspec URL) becomes one (url, caption, sample_id) table
+    in list order."""
+    if not is_remote(path) and not local_path(path).is_file():
+        raise FileNotFoundError(f"url list not found: {local_path(path)}")
+    src = _source(path, options)
+    if input_format == "parquet":
+        table = pq.read_table(src)
     elif input_format in ("csv", "tsv"):
         import pyarrow.csv as pacsv
 
         table = pacsv.read_csv(
-            p, parse_options=pacsv.ParseOptions(delimiter="," if input_format == "csv" else "\t", newlines_in_values=True),
+            src, parse_options=pacsv.ParseOptions(delimiter="," if input_format == "csv" else "\t", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
     else:
         raise ConfigError(f"data.input_format '{input_format}': a caption column is required; use parquet, csv or tsv")
     for col, key in ((url_col, "data.url_col"), (caption_col, "data.caption_col")):
         if col not in table.column_names:
-            raise ConfigError(f"{key} '{col}' is not a column of {p} (columns: {', '.join(table.column_names)})")
+            raise ConfigError(f"{key} '{col}' is not a column of {path} (columns: {', '.join(table.column_names)})")
     n = table.num_rows
     ids = (table.column(id_col).cast(pa.string()) if id_col in table.column_names
            else pa.array([f"{i:09d}" for i in range(n)], pa.string()))
@@ -47,20 +96,17 @@ def read_url_list(path: str | Path, input_format: str = "parquet", url_col: str 
 
 
 def read_pair_list(path: str | Path, input_format: str = "parquet", url_col: str = "url", caption_col: str = "caption",
-                   id_col: str = "key") -> pa.Table:
+                   id_col: str = "key", options=None) -> pa.Table:
     """Why: `data.url_list` is one list, or a folder of lists read in name order (new files named to sort
     last are appended pairs); a folder's sample ids are prefixed with their file's name, so they stay unique."""
-    p = Path(path)
-    if not p.is_dir():
-        return read_url_list(p, input_format, url_col, caption_col, id_col)
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lstrip(".") == input_format
-                   and not f.name.startswith("."))
-    if not files:
-        raise FileNotFoundError(f"url-list folder {p} holds no *.{input_format} file")
+    files, folder = list_files(path, input_format, options)
+    if not folder:
+        return read_url_list(files[0], input_format, url_col, caption_col, id_col, options)
     parts = []
     for f in files:
-        t = read_url_list(f, input_format, url_col, caption_col, id_col)
-        ids = pc.binary_join_element_wise(pa.scalar(f.stem), t.column("sample_id"), "/")
+        t = read_url_list(f, input_format, url_col, caption_col, id_col, options)
+        stem = str(f).rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        ids = pc.binary_join_element_wise(pa.scalar(stem), t.column("sample_id"), "/")
         parts.append(t.set_column(2, "sample_id", ids))
     return pa.concat_tables(parts)
 

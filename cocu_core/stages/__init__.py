@@ -55,6 +55,7 @@ UNKEYED_FIELDS: dict[str, str] = {
     "curation.kmeans_threads": "threads of the clustering step",
     "runtime": "concurrency, threads, task engine, schedule and versions kept: how the stages run, not what they write",
     "ablation": "`cocu ablation`'s own settings, keyed by its report (cocu_core.ablation.ablation_fields)",
+    "storage": "how remote locations are reached and where copies of published archives go, not what a stage writes",
 }
 
 

@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cocu_core.config import ConfigError, PipelineConfig, fingerprint
-from cocu_core.data.pairs import INPUT_SCHEMA, clean_pairs, list_fingerprint, read_pair_list, read_url_list
+from cocu_core.data.pairs import (INPUT_SCHEMA, clean_pairs, list_columns, list_files, list_fingerprint, read_pair_list,
+                                  read_url_list)
 from cocu_core.data.shards import (JOURNAL, OOM_SHARD_COUNT, SAMPLES_SCHEMA, append_segments, collect_samples,
                                    failure_reason, img2dataset_input, n_shards_of, read_journal, run_img2dataset,
                                    shard_name, shards_brace, validate_done_shards)
@@ -80,7 +81,7 @@ def download_stage(
     out = Path(out_dir)
     shards = out / "shards"
     if base_url is None:
-        raw = read_pair_list(url_list, d.input_format, d.url_col, d.caption_col, id_col)
+        raw = read_pair_list(url_list, d.input_format, d.url_col, d.caption_col, id_col, cfg.storage.options)
     else:  # a list we wrote against a loopback server (`write_url_list`): fixed Parquet columns
         raw = read_url_list(url_list, "parquet", "url", "caption", id_col)
     table, rejected = clean_pairs(raw)
@@ -235,40 +236,15 @@ def run(ctx: Context) -> Report:
     return download_stage(cfg.data.url_list, out, cfg, log=ctx.log, progress=ctx.progress)
 
 
-def _list_files(path: Path, input_format: str) -> list[Path]:
-    """Why: `data.url_list` is one list file, or a folder of them (read in name order)."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lstrip(".") == input_format
-                       and not p.name.startswith("."))
-        if not files:
-            raise FileNotFoundError(f"data.url_list folder {path} holds no *.{input_format} file")
-        return files
-    if not path.is_file():
-        raise FileNotFoundError(f"data.url_list not found: {path}")
-    return [path]
-
-
-def _columns(path: Path, input_format: str) -> list[str]:
-    if input_format == "parquet":
-        try:
-            return list(pq.read_schema(path).names)
-        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-            raise ConfigError(f"data.url_list {path} is not a Parquet file ({type(exc).__name__}: {exc})") from None
-    if input_format in ("csv", "tsv"):
-        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-            header = fh.readline().rstrip("\r\n")
-        return [c.strip().strip('"') for c in header.split("," if input_format == "csv" else "\t")]
-    raise ConfigError(f"data.input_format '{input_format}': a caption column is required; use parquet, csv or tsv")
-
-
 def preflight(cfg: PipelineConfig) -> None:
     """Why: mistakes in the pair list (missing file, missing column) are one clear line before any stage runs,
     on the command line and in a deployment's flow-run state alike; only headers are read."""
     d = cfg.data
     if d.source != "url_list":
         return
-    for f in _list_files(Path(d.url_list or "").expanduser(), d.input_format):
-        cols = _columns(f, d.input_format)
+    opts = cfg.storage.options
+    for f in list_files(d.url_list or "", d.input_format, opts)[0]:
+        cols = list_columns(f, d.input_format, opts)
         for col, key in ((d.url_col, "data.url_col"), (d.caption_col, "data.caption_col")):
             if col not in cols:
                 raise ConfigError(f"{key} '{col}' is not a column of {f} (columns: {', '.join(cols)})")
@@ -283,7 +259,7 @@ def _url_table(cfg: PipelineConfig):
                           "sample_id": pairs.column("key").cast(pa.string())})
         return clean_pairs(table)[0], _LOOPBACK
     return clean_pairs(read_pair_list(cfg.data.url_list, cfg.data.input_format, cfg.data.url_col,
-                                      cfg.data.caption_col))[0], None
+                                      cfg.data.caption_col, options=cfg.storage.options))[0], None
 
 
 _LOOPBACK = "http://127.0.0.1:1"
