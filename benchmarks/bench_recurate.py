@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("NLTK_DATA", str(ROOT / ".nltk_data"))
 
-from bench_scale import BENCH_INDEX, CLIP_MODEL, ENCODER_FP, World, bench_config, write_corpus  # noqa: E402
+from bench_scale import BENCH_INDEX, CLIP_MODEL, ENCODER_FP, World, bench_config, write_corpus, write_part  # noqa: E402
 
 
 def _cpu() -> float:
@@ -39,33 +39,16 @@ def _cpu() -> float:
 
 def grow_corpus(w: Path, n: int, extra: int, shard_size: int, cfg) -> int:
     """Why: append `extra` pairs as new shards of the same download generation (the embed parts of a grown list)."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from cocu_core.data.shards import shard_name
     from cocu_core.io import read_json, write_json_atomic
     from cocu_core.stages.embed import part_key_for
 
     dl = read_json(w / "download" / "manifest.json")
     key = part_key_for(w / "download", ENCODER_FP, cfg)
     world, first = World(0), int(dl["n_shards"])
-    width = max(1, int(np.ceil(np.log10(shard_size))))
     total = n + extra
     n_shards = -(-total // shard_size)
     for s in range(first, n_shards):
-        m = min(shard_size, total - s * shard_size)
-        d = world.shard(s, m, width, 0)
-        part = w / "embed" / "parts" / shard_name(s)
-        for sub in ("img_emb", "text_emb", "metadata"):
-            (part / sub).mkdir(parents=True, exist_ok=True)
-        np.save(part / "img_emb" / "img_emb_0.npy", d["img"])
-        np.save(part / "text_emb" / "text_emb_0.npy", d["txt"])
-        pq.write_table(pa.table({"image_path": d["keys"], "caption": d["captions"],
-                                 "url": [f"https://example.org/{k}.jpg" for k in d["keys"]], "key": d["keys"],
-                                 "sample_id": [f"{s * shard_size + int(k[5:]):09d}" for k in d["keys"]]}),
-                       part / "metadata" / "metadata_0.parquet")
-        write_json_atomic(part / "done.json", {"part_key": key, "shard": shard_name(s)})
+        write_part(w / "embed" / "parts", world, s, min(shard_size, total - s * shard_size), shard_size, key)
     dl.update(n_shards=n_shards, generation=dl.get("generation", dl["cache_key"]), cache_key=f"{dl['cache_key']}+{total}")
     dl["counts"] = {**dl.get("counts", {}), "success": total, "input": total}
     write_json_atomic(w / "download" / "manifest.json", dl)

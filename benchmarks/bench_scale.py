@@ -202,37 +202,43 @@ class World:
                 "txt": cap[order].astype(np.float16)}
 
 
-def write_corpus(root: Path, n: int, shard_size: int, cfg, seed: int = 0,
-                 clip_model: str = "synthetic:clip-like-512", encoder_fp: str = "synthetic-clip-0") -> dict[str, Any]:
-    """Why: a finished download manifest and one finished clip-retrieval part per shard, in the real layout, so the
-    embed stage only assembles (its inference is what a GPU does; here it is simulated)."""
+def write_part(parts: Path, world: "World", s: int, m: int, shard_size: int, key: str, seed: int = 0) -> None:
+    """Why: shard `s`'s `m` synthetic pairs as the finished clip-retrieval part the embed stage assembles."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from cocu_core.data.shards import shard_name
+    from cocu_core.io import write_json_atomic
+
+    d = world.shard(s, m, max(1, int(np.ceil(np.log10(shard_size)))), seed)
+    part = parts / shard_name(s)
+    for sub in ("img_emb", "text_emb", "metadata"):
+        (part / sub).mkdir(parents=True, exist_ok=True)
+    np.save(part / "img_emb" / "img_emb_0.npy", d["img"])
+    np.save(part / "text_emb" / "text_emb_0.npy", d["txt"])
+    pq.write_table(pa.table({"image_path": d["keys"], "caption": d["captions"],
+                             "url": [f"https://example.org/{k}.jpg" for k in d["keys"]], "key": d["keys"],
+                             "sample_id": [f"{s * shard_size + int(k[5:]):09d}" for k in d["keys"]]}),
+                   part / "metadata" / "metadata_0.parquet")
+    write_json_atomic(part / "done.json", {"part_key": key, "shard": shard_name(s)})
+
+
+def write_corpus(root: Path, n: int, shard_size: int, cfg, seed: int = 0,
+                 clip_model: str = "synthetic:clip-like-512", encoder_fp: str = "synthetic-clip-0") -> dict[str, Any]:
+    """Why: a finished download manifest and one finished clip-retrieval part per shard, in the real layout, so the
+    embed stage only assembles (its inference is what a GPU does; here it is simulated)."""
+
     from cocu_core.stages.embed import part_key_for
-    from cocu_core.io import write_json_atomic, write_manifest
+    from cocu_core.io import write_manifest
 
     world = World(seed)
     dl, parts = root / "download", root / "embed" / "parts"
     n_shards = -(-n // shard_size)
-    width = max(1, int(np.ceil(np.log10(shard_size))))
     write_manifest(dl, "download", f"synthetic-{n}-{shard_size}-{seed}", {}, {"success": n, "input": n},
                    {"n_shards": n_shards})
     key = part_key_for(root / "download", encoder_fp, cfg)
     for s in range(n_shards):
-        m = min(shard_size, n - s * shard_size)
-        d = world.shard(s, m, width, seed)
-        part = parts / shard_name(s)
-        for sub in ("img_emb", "text_emb", "metadata"):
-            (part / sub).mkdir(parents=True, exist_ok=True)
-        np.save(part / "img_emb" / "img_emb_0.npy", d["img"])
-        np.save(part / "text_emb" / "text_emb_0.npy", d["txt"])
-        pq.write_table(pa.table({"image_path": d["keys"], "caption": d["captions"],
-                                 "url": [f"https://example.org/{k}.jpg" for k in d["keys"]], "key": d["keys"],
-                                 "sample_id": [f"{s * shard_size + int(k[5:]):09d}" for k in d["keys"]]}),
-                       part / "metadata" / "metadata_0.parquet")
-        write_json_atomic(part / "done.json", {"part_key": key, "shard": shard_name(s)})
+        write_part(parts, world, s, min(shard_size, n - s * shard_size), shard_size, key, seed)
     classes = root / "voc_class_names.txt"
     classes.write_text("\n".join(VOC_NAMES) + "\n")
     return {"shards": n_shards, "clip_model": clip_model, "encoder_fp": encoder_fp}
