@@ -33,6 +33,7 @@ from cocu_core.errors import CocuError
 from cocu_core.io import read_json, read_manifest, stage_is_current, write_json_atomic, write_manifest
 from cocu_core.layout import lock_path, output_lock_path, stage_dir, train_variant
 from cocu_core.lock import EXCLUSIVE, SHARED, folder_lock
+from cocu_core.proc import tree_env
 from cocu_core.versions import pin_archives
 from cocu_core.stages.base import DONE, Context, Report, Stage, StageStatus, compare, upstream_key
 from cocu_core.stages.curate import oracle_archive
@@ -165,7 +166,9 @@ def _launch_torchrun(cfg: PipelineConfig, shards: Path, archives: Optional[Path]
                              "variant": variant, "resume": True, "progress": False})
     cmd = torchrun_command(cfg, spec)
     log("train: " + " ".join(cmd))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, cfg.train.threads or 1))}
+    # torchrun and its workers die with this process even when it is SIGKILLed (the deathsig sitecustomize: a
+    # killed stage must not leave a training behind, writing into the folder a rerun resumes from)
+    env = tree_env({"OMP_NUM_THREADS": str(max(1, cfg.train.threads or 1))})
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     tail: list[str] = []
