@@ -149,6 +149,25 @@ def test_parts_equal_clip_retrieval_inference_called_directly(shards, reference,
         assert (out / sub).read_bytes() == reference[f"parts/00002/{sub}"]
     ours = pq.read_table(cfg.workpath / "embed" / "parts" / "00002" / "metadata" / "metadata_0.parquet")
     assert ours.equals(pq.read_table(out / "metadata" / "metadata_0.parquet"))
+    # the scale benchmarks' synthetic parts (benchmarks/bench_scale.py) have the layout clip-retrieval writes: the same
+    # data files (arrays and metadata; its stats/ are not read), array dtypes and ranks, and metadata columns each as clip-retrieval
+    # types it (the synthetic part has fewer: none of img2dataset's status, size or hash columns)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_scale import World, write_part
+
+    write_part(tmp_path / "synthetic", World(0), 2, 8, 40, "key")
+    syn = tmp_path / "synthetic" / "00002"
+    def data_files(d: Path) -> list[str]:
+        return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.suffix in (".npy", ".parquet"))
+
+    assert data_files(syn) == data_files(out) == ["img_emb/img_emb_0.npy", "metadata/metadata_0.parquet",
+                                                  "text_emb/text_emb_0.npy"]
+    for sub in ("img_emb/img_emb_0.npy", "text_emb/text_emb_0.npy"):
+        a, b = np.load(out / sub), np.load(syn / sub)
+        assert (a.dtype, a.ndim) == (b.dtype, b.ndim), sub
+    real_meta = pq.read_schema(out / "metadata" / "metadata_0.parquet")
+    syn_meta = pq.read_schema(syn / "metadata" / "metadata_0.parquet")
+    assert {(f.name, f.type) for f in syn_meta} <= {(f.name, f.type) for f in real_meta}  # each with its real type
 
 
 EMBED = r'''
