@@ -268,12 +268,13 @@ def plan_carry(cfg: PipelineConfig, data: CurationData, indexes: Mapping[str, An
         thr[rows] = nth_similarity(data.img_emb, rows, nb, ccfg.n_neighbours)
         cap[rows] = caption_changed(t.column("caption_concept_ids"), old_map, data.offsets, data.ids, rows)
         off, flat = list_offsets(t.column("concept_ids"))
-        bad = changed_ids[np.clip(flat.to_numpy(zero_copy_only=False).astype(np.int64), 0, len(changed_ids) - 1)]
+        ids = flat.to_numpy(zero_copy_only=False).astype(np.int64)
+        bad = changed_ids[np.clip(ids, 0, len(changed_ids) - 1)] if len(changed_ids) else np.zeros(len(ids), bool)
         per_row = np.zeros(len(rows), bool)
         per_row[np.repeat(np.arange(len(rows)), np.diff(off))[bad]] = True
         own[rows] = per_row | ties_reordered(t.column("concept_ids"), t.column(score), old_map)
-    exact = not read_json(stage_dir(cfg, "index") / "image_infos.json").get("nlist") \
-        if (stage_dir(cfg, "index") / "image_infos.json").is_file() else False
+    infos = stage_dir(cfg, "index") / "image_infos.json"
+    exact = infos.is_file() and read_json(infos).get("index_param") is None  # only exact search needs no parameter
     index = None if exact else resolve_index(indexes["image"])
     reverse_k = ccfg.reverse_k or 4 * ccfg.n_neighbours
     joined = np.zeros(n, bool)
