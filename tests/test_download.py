@@ -110,7 +110,7 @@ class Slow(SimpleHTTPRequestHandler):
     def log_message(self, *a):
         pass
     def do_GET(self):
-        time.sleep(0.05)  # slow enough that the parent can kill us mid-way
+        time.sleep(0.15)  # slow enough that the parent can kill us mid-way, also on a loaded machine
         super().do_GET()
 
 if __name__ == "__main__":
