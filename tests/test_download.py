@@ -132,6 +132,7 @@ def _read_cmdline(path: Path) -> str:
         return ""
 
 
+@pytest.mark.slow  # kills or trains real processes (tens of seconds): CI runs it, make test-fast does not
 def test_sigkill_mid_download_then_resume_exact_samples(world_dir, tmp_path):
     src, table = faulty_source(world_dir, tmp_path / "src")
     pq.write_table(table, tmp_path / "pairs.parquet")

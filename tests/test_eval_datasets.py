@@ -71,6 +71,7 @@ def test_voc_palette_pngs_and_nested_root(tmp_path):
     assert ds.root == root and len(ds) == 2 and ds.ids == ["2007_000042", "2007_000033"]  # val.txt order
     assert ds.n_classes == 21 and ds.has_background and ds.class_names[0] == "background"
     assert ds.class_names[11] == "table" and ds.class_names[16] == "plant" and ds.class_names[20] == "monitor"
+    # GV `segmentation/configs/_base_/datasets/pascal_voc12.py`: resize (2048, 448), slide 448 / 224, bg_thresh 0.95
     assert ds.settings == ProtocolSettings(2048, 448, 448, 224, 0.95) and ds.ignore_index == 255
     for i in range(2):
         s = ds[i]
@@ -122,7 +123,7 @@ def test_context_mmseg_converted_layout(tmp_path):
     (root / "ImageSets/SegmentationContext/val.txt").write_text("2008_000002\n")
     ds = get_dataset("context", tmp_path / "VOCdevkit")
     assert ds.n_classes == 60 and ds.class_names[1] == "airplane" and ds.class_names[55] == "monitor"
-    assert ds.settings.bg_thresh == 0.35
+    assert ds.settings.bg_thresh == 0.35  # GV `pascal_context.py`: 0.35 (not VOC's 0.95)
     _check(ds, ds[0], lab)
 
 
@@ -267,6 +268,8 @@ def test_imagenet_s_rg_encoding(tmp_path, subset):
     assert ds.class_names[0] == "background" and ds.class_names[1] in ("goldfish", "tench")
     assert ds.ignore_index == 1000 and len(ds.palette) >= 1001  # the CoCu configs' ignore index, both subsets
     _check(ds, ds[0], ids)
+    # the CoCu authors' ImageNet-S configs (xing0047/rewrite `segmentation/configs/_base_/datasets/`): bg_thresh 0.95
+    # for 50 classes, 0.75 for 300 (../shared/GROUPVIT_PROTOCOL.md's table)
     assert ds.settings.bg_thresh == (0.95 if subset == 50 else 0.75) and ds.settings.downsample_large == 1000
 
 

@@ -160,6 +160,7 @@ def work(tmp_path_factory) -> Path:
     return w
 
 
+@pytest.mark.slow  # kills or trains real processes (tens of seconds): CI runs it, make test-fast does not
 def test_a_training_waits_for_a_curation_in_progress(work):
     from test_oracle import cfg_for
     from cocu_core.stages.train import train_stage
@@ -175,6 +176,7 @@ def test_a_training_waits_for_a_curation_in_progress(work):
     assert not (work / "train" / "oracle" / "archives").exists()
 
 
+@pytest.mark.slow  # kills or trains real processes (tens of seconds): CI runs it, make test-fast does not
 def test_a_running_training_keeps_reading_the_archives_it_started_with(work, tmp_path):
     """Re-curation (the exclusive lock, then new archive files) goes ahead while a training runs; the training's
     pinned archives keep the bytes it started with, and it finishes on them."""

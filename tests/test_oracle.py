@@ -159,6 +159,10 @@ def test_train_stage_oracle_runs_and_keys_on_the_oracle_archive(work, tmp_path):
 
 
 def test_signal_scores_by_hand():
+    # The training-signal report's two denominators (our definitions; the paper has no such report): coverage is per
+    # image, the share of its ground-truth classes that its caption or any drawn prompt reaches over all epochs,
+    # averaged over the images that have ground truth; the wrong-prompt fraction is per prompt, the drawn prompts whose
+    # class is not in their image, over all prompts drawn. Prompts count through the lemma table, case-insensitive.
     gt = [["sky", "grass", "ball"], ["water", "boat"], []]
     named = [["ball"], [], []]
     drawn = [["lawn", "picture", "ball", "Grass"], ["ships", "car"], ["sky"]]

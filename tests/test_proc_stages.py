@@ -116,6 +116,7 @@ def downloaded_with_encoder(world_dir, toy_encoder_weights, tmp_path):
     return cfg
 
 
+@pytest.mark.slow  # kills or trains real processes (tens of seconds): CI runs it, make test-fast does not
 def test_sigkill_during_embed_leaves_no_process(downloaded_with_encoder, tmp_path):
     cfg = downloaded_with_encoder
     mark = uuid.uuid4().hex

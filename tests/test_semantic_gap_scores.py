@@ -1,4 +1,11 @@
-"""The semantic-gap scores on a hand-worked example."""
+"""The semantic-gap scores on a hand-worked example.
+
+Convention (ours: the paper reports the gap in words, not as P/R over synonyms): a predicted concept counts through
+the toy world's lemma table (LEMMA_TO_CONCEPT: "automobile" is car, "sea" and "lake" are water); a ground-truth class
+is hit at most once, so a second synonym of a class already hit is a wrong prediction (a list of synonyms must not
+score); P@k divides by the predictions made (an image with none adds nothing), R@k by the ground-truth classes, the
+missing-concept R@k by the classes its caption does not name; an image with no prediction counts in empty_fraction.
+"""
 
 import math
 
