@@ -21,15 +21,15 @@ STUFF = {"sky": 10.0, "grass": 20.0, "water": None, "sand": 30.0, "snow": 0.0, "
 THINGS = {"ball": 1.0, "box": 2.0, "tent": 3.0, "boat": 4.0, "kite": None, "car": 5.0, "tree": 6.0, "person": 9.0}
 
 
-def results(miou: float, top1: float, stuff=STUFF, things=THINGS) -> dict:
-    return {"segmentation": {"toy": {"mIoU": miou, "per_class_iou": {**stuff, **things}}},
+def results(miou: float, top1: float, stuff=STUFF, things=THINGS, painting: float = 9.5) -> dict:
+    return {"segmentation": {"toy": {"mIoU": miou, "painting_mIoU": painting, "per_class_iou": {**stuff, **things}}},
             "classification": {"toy": {"top1": top1, "top5": 90.0, "images": 10}}}
 
 
 def test_run_metrics_split_stuff_and_thing_classes_by_kind():
     m = run_metrics(results(17.5, 25.0))
     # stuff: (10+20+30+0+40+50+60)/7 (water absent from truth and prediction: None, left out); things: 30/7
-    assert m["mIoU"] == 17.5 and m["top1"] == 25.0
+    assert m["mIoU"] == 17.5 and m["top1"] == 25.0 and m["painting_mIoU"] == 9.5
     assert m["stuff_mIoU"] == pytest.approx(30.0)
     assert m["thing_mIoU"] == pytest.approx(30.0 / 7)
     no_things = run_metrics(results(1.0, 2.0, things=dict.fromkeys(THINGS)))
@@ -52,10 +52,10 @@ def test_aggregate_mean_and_sample_std_over_seeds_and_the_table():
     assert agg["cocu"]["thing_mIoU"]["std"] == 0.0
     table = table_markdown(agg, {"oracle": "not installed"})
     lines = table.splitlines()
-    assert lines[0] == "| arm | mIoU | stuff mIoU | thing mIoU | zero-shot top-1 | seeds |"
-    assert lines[2].startswith("| baseline") and "| 12.0 ± 2.8 | 35.0 ± 7.1 | 4.3 ± 0.0 | 25.0 ± 7.1 | 2 |" in lines[2]
+    assert lines[0] == "| arm | mIoU | painting mIoU | stuff mIoU | thing mIoU | zero-shot top-1 | seeds |"
+    assert lines[2].startswith("| baseline") and "| 12.0 ± 2.8 | 9.5 ± 0.0 | 35.0 ± 7.1 | 4.3 ± 0.0 | 25.0 ± 7.1 | 2 |" in lines[2]
     assert "| 20.5 ± 0.7 |" in lines[3]
-    assert lines[4].startswith("| oracle") and lines[4].count("not available") == 4
+    assert lines[4].startswith("| oracle") and lines[4].count("not available") == 5
     note = "\n".join(ordering_note(agg))
     assert "CoCu − baseline mIoU: +8.50 points" in note and "2.83: more than the seeds' spread" in note
     assert "cocu (20.5) > baseline (12.0)" in note

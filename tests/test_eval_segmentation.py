@@ -149,6 +149,18 @@ def test_evaluate_stage_writes_table_panels_and_palette_predictions(model, toy_v
     assert 1 <= min(int(x.min()) for x in saved) and max(int(x.max()) for x in saved) <= 16
     assert miou_of_files(saved, truth, 17, ignore=(0,)) == pytest.approx(seg["mIoU"], abs=1e-9)
     assert "toy" in rep["classification"] and rep["classification"]["toy"]["images"] > 0
+    # the painting row: each image's top class by its pooled embedding painted over the whole image, scored by the
+    # outside scorer (toy label id = class index + 1), and shown beside the model in the table
+    from cocu_core.evaluation.classification import classify
+    from cocu_core.evaluation.segmentation import class_embeddings
+    from cocu_core.templates import get_templates
+
+    classes = class_embeddings(model, list(ds.class_names), get_templates(cfg.eval.templates), torch.device("cpu"))
+    tops = [int(classify(model, [ds[i].image], classes, crop_pct=1.0)[0, 0]) for i in range(6)]
+    order = [ds.ids.index(p.stem) for p in pngs]
+    painted = [np.full_like(t, tops[i] + 1) for i, t in zip(order, truth)]
+    assert miou_of_files(painted, truth, 17, ignore=(0,)) == pytest.approx(seg["painting_mIoU"], abs=1e-9)
+    assert "| model.pt: painting (top class over the whole image, no grouping) | " in rep["table"]
     # same checkpoint and settings: a cache hit; another template set: recomputed
     cfg2 = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"save_predictions": None})})
     assert evaluate_stage(cfg2, ck, out_dir=tmp_path / "ev", progress=False, log=lambda m: None)["cached"]

@@ -71,13 +71,16 @@ def evaluate_segmentation(model, ds, cfg: PipelineConfig, device: torch.device, 
     settings = settings_for(cfg, ds)
     classes = class_embeddings(model, class_lists(ds), get_templates(cfg.eval.templates), device)
     cm = ConfusionMatrix(len(ds.class_names), ds.ignore_index, device)
+    painted = ConfusionMatrix(len(ds.class_names), ds.ignore_index, device)
     n = min(len(ds), cfg.eval.max_images or len(ds))
     t0 = time.time()
     panels = []
     for i in tqdm(range(n), desc=f"evaluate {ds.name}", unit="img", disable=not progress, leave=False):
         s = ds[i]
         pred = predict(model, s.image, classes, settings, out_size=tuple(s.label.shape))
-        cm.update(pred, torch.from_numpy(s.label).to(device))
+        label = torch.from_numpy(s.label).to(device)
+        cm.update(pred, label)
+        painted.update(torch.full_like(label, painting_class(model, s.image, classes, ds.has_background)), label)
         if save_predictions is not None:
             ds.save_prediction(save_predictions / ds.name / f"{s.id}.png", pred.cpu().numpy())
         if out_dir is not None and len(panels) < cfg.eval.panels:
@@ -86,8 +89,19 @@ def evaluate_segmentation(model, ds, cfg: PipelineConfig, device: torch.device, 
     res = cm.results()
     return {"dataset": ds.name, "images": n, "seconds": round(dt, 2), "images_per_s": round(n / dt, 2) if dt else None,
             "mIoU": 100 * res.miou, "aAcc": 100 * res.aacc, "mAcc": 100 * res.macc,
+            "painting_mIoU": 100 * painted.results().miou,
             "per_class_iou": {c: (None if np.isnan(v) else 100 * float(v)) for c, v in zip(ds.class_names, res.iou)},
             "settings": settings.__dict__, "panels": panels}
+
+
+def painting_class(model, image: np.ndarray, classes: torch.Tensor, has_background: bool) -> int:
+    """Why: the reference row that shows what grouping adds: the label of the image's top class by its pooled
+    embedding (the classification view: shorter side to the model's size, centre crop), to paint over the whole image
+    (never background: a painting has no background pixel)."""
+    from cocu_core.evaluation.classification import classify
+
+    top = int(classify(model, [image], classes, crop_pct=1.0)[0, 0])
+    return top + 1 if has_background else top
 
 
 def _panel(model, s, pred, classes, settings, ds, out_dir: Path, missing: dict[str, list[str]]) -> str:

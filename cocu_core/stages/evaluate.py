@@ -30,7 +30,7 @@ from cocu_core.layout import stage_dir
 from cocu_core.stages.base import DONE, Context, Report, Stage, StageStatus, compare
 from cocu_core.stages.train import train_dir_for
 
-VERSION = 2  # 2: GroupViT's background indicator, ImageNet-S large images, CLIP ImageNet names
+VERSION = 3  # 2: GroupViT's background indicator, ImageNet-S large images, CLIP ImageNet names; 3: the painting row
 
 
 RUNTIME_FIELDS = {"eval.device", "eval.window_batch", "eval.save_predictions", "eval.checkpoint"}
@@ -109,7 +109,9 @@ def evaluate_stage(cfg: PipelineConfig, checkpoint: Optional[str | Path] = None,
         results[d] = evaluate_segmentation(model, ds, cfg, device, out, preds, progress, missing_concepts(cfg, d))
         log(f"evaluate: {d} mIoU {results[d]['mIoU']:.2f} ({results[d]['images_per_s']} images/s)")
     cls = evaluate_classification(model, cfg, device)
-    table = format_table({label: {d: r["mIoU"] for d, r in results.items()}}, list(datasets))
+    table = format_table({label: {d: r["mIoU"] for d, r in results.items()},
+                          f"{label}: painting (top class over the whole image, no grouping)":
+                          {d: r["painting_mIoU"] for d, r in results.items()}}, list(datasets))
     report = {"label": label, "segmentation": results, "classification": cls, "table": table,
               "checkpoint": ck_id}
     write_json_atomic(out / "results.json", report)
@@ -117,6 +119,7 @@ def evaluate_stage(cfg: PipelineConfig, checkpoint: Optional[str | Path] = None,
     write_bytes_atomic(out / "per_class_iou.md", per_class_markdown(results).encode())
     write_bytes_atomic(out / "report.md", report_markdown(label, results, cls, table, out).encode())
     counts = {f"{d}_mIoU": round(r["mIoU"], 3) for d, r in results.items()}
+    counts.update({f"{d}_painting_mIoU": round(r["painting_mIoU"], 3) for d, r in results.items()})
     counts.update({f"{k}_top1": round(v["top1"], 3) for k, v in cls.items()})
     write_manifest(out, "evaluate", inputs, fields, counts, {"label": label})
     return {**report, "cached": False, "dir": str(out)}
