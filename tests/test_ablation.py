@@ -46,6 +46,7 @@ def test_aggregate_mean_and_sample_std_over_seeds_and_the_table():
     b = agg["baseline"]
     assert b["seeds"] == [0, 1]
     assert b["mIoU"]["mean"] == 12.0 and b["mIoU"]["std"] == pytest.approx(math.sqrt(8.0))  # ddof 1: (4+4)/1
+    assert b["mIoU"]["se"] == pytest.approx(2.0)  # sqrt(8) / sqrt(2 seeds)
     assert b["top1"]["mean"] == 25.0 and b["top1"]["std"] == pytest.approx(math.sqrt(50.0))
     assert b["stuff_mIoU"]["values"] == pytest.approx([30.0, 40.0])  # sky 10 -> 80 adds 70/7
     assert agg["cocu"]["mIoU"]["std"] == pytest.approx(math.sqrt(0.5))
@@ -53,12 +54,15 @@ def test_aggregate_mean_and_sample_std_over_seeds_and_the_table():
     table = table_markdown(agg, {"oracle": "not installed"})
     lines = table.splitlines()
     assert lines[0] == "| arm | mIoU | painting mIoU | stuff mIoU | thing mIoU | zero-shot top-1 | seeds |"
-    assert lines[2].startswith("| baseline") and "| 12.0 ± 2.8 | 9.5 ± 0.0 | 35.0 ± 7.1 | 4.3 ± 0.0 | 25.0 ± 7.1 | 2 |" in lines[2]
-    assert "| 20.5 ± 0.7 |" in lines[3]
+    assert lines[2].startswith("| baseline") and "| 12.0 ± 2.0 | 9.5 ± 0.0 | 35.0 ± 5.0 | 4.3 ± 0.0 | 25.0 ± 5.0 | 2 |" in lines[2]
+    assert "| 20.5 ± 0.5 |" in lines[3]  # cells are mean ± standard error: sqrt(0.5) / sqrt(2)
     assert lines[4].startswith("| oracle") and lines[4].count("not available") == 5
     note = "\n".join(ordering_note(agg))
     assert "CoCu − baseline mIoU: +8.50 points" in note and "2.83: more than the seeds' spread" in note
     assert "cocu (20.5) > baseline (12.0)" in note
+    # cocu's painting row is 9.5 in both seeds (SE 0): 20.5 - 9.5 = +11.00, above it by more than cocu's SE 0.50
+    assert ("cocu − its painting row (top class over the whole image): +11.00 points; the larger standard error of "
+            "the two is 0.50: above it by more than that.") in note
     one = aggregate(rows[:1], ["baseline"])
     assert one["baseline"]["mIoU"]["std"] is None and "| 10.0 |" in table_markdown(one)
 

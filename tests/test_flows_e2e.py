@@ -311,6 +311,26 @@ def test_sigkill_during_curation_resumes_one_shard_at_a_time_to_the_same_archive
     assert wait_all_gone(mark) == {}
 
 
+@pytest.mark.parametrize("engine", ["dask", "ray"])
+def test_curation_on_the_dask_and_ray_task_runners_writes_the_thread_runners_archives(world, engine):
+    """Why: `cocu run --only curate --set runtime.task_runner=dask|ray` (a local cluster of each engine, started by
+    prefect-dask / prefect-ray) runs the real flow's shard tasks there; its archives are the thread runner's, byte for
+    byte."""
+    import shutil
+
+    before = _archive_hashes(world)
+    assert len(before) == 3
+    shutil.rmtree(world["cfg"].workpath / "curate" / "cocu")
+    mark = uuid.uuid4().hex
+    proc, log = _start(world, "--only", "curate", "--set", f"runtime.task_runner={engine}", mark=mark)
+    rc = proc.wait(timeout=1800)
+    out = log.read_text()
+    assert rc == 0, out[-4000:]
+    assert _summary_stages(out) == {"curate": False}
+    assert _archive_hashes(world) == before
+    assert wait_all_gone(mark) == {}  # the local cluster's processes went with the run
+
+
 def _curve(world) -> list[dict]:
     """Why: the curve's values (step, epoch, losses, learning rate); its timing columns differ run to run."""
     import csv

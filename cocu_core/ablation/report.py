@@ -61,7 +61,8 @@ def run_metrics(results: dict[str, Any], kinds: Optional[dict[str, str]] = None)
 
 
 def aggregate(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Why: per arm and metric, the mean and the spread over seeds (sample std, ddof 1; None with one seed)."""
+    """Why: per arm and metric, the mean and the spread over seeds: sample std (ddof 1) and the standard error of
+    the mean (std / sqrt(seeds)); None with one seed."""
     out: dict[str, dict[str, Any]] = {}
     for arm in arms:
         mine = [r for r in rows if r["arm"] == arm]
@@ -70,8 +71,9 @@ def aggregate(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str, 
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
         for key, _ in METRICS:
             vals = [r[key] for r in mine if r.get(key) is not None]
-            entry[key] = {"mean": float(np.mean(vals)) if vals else None,
-                          "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+            entry[key] = {"mean": float(np.mean(vals)) if vals else None, "std": std,
+                          "se": std / math.sqrt(len(vals)) if std is not None else None,
                           "n": len(vals), "values": [float(v) for v in vals]}
         out[arm] = entry
     return out
@@ -80,11 +82,11 @@ def aggregate(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str, 
 def _cell(m: dict[str, Any]) -> str:
     if m["mean"] is None:
         return "-"
-    return f"{m['mean']:.1f}" + (f" ± {m['std']:.1f}" if m["std"] is not None else "")
+    return f"{m['mean']:.1f}" + (f" ± {m['se']:.1f}" if m.get("se") is not None else "")
 
 
 def table_markdown(agg: dict[str, dict[str, Any]], unavailable: Optional[dict[str, str]] = None) -> str:
-    """Why: the paper's Table 3 layout: a row per arm, mean ± std over seeds (%), seeds counted."""
+    """Why: the paper's Table 3 layout: a row per arm, mean ± standard error over seeds (%), seeds counted."""
     head = "| arm | " + " | ".join(label for _, label in METRICS) + " | seeds |"
     lines = [head, "|" + "---|" * (len(METRICS) + 2)]
     for arm, e in agg.items():
@@ -243,6 +245,13 @@ def ordering_note(agg: dict[str, dict[str, Any]]) -> list[str]:
         verdict = "more than" if gap > spread else "not more than"
         lines.append(f"- CoCu − baseline mIoU: {gap:+.2f} points; the larger seed std of the two is {spread:.2f}: "
                      f"{verdict} the seeds' spread.")
+    for arm in ("cocu", "oracle"):  # does grouping add anything beyond painting the image's top class?
+        x, p = m(arm), m(arm, "painting_mIoU")
+        if x and p and x["mean"] is not None and p["mean"] is not None:
+            gap, se = x["mean"] - p["mean"], max(x.get("se") or 0.0, p.get("se") or 0.0)
+            lines.append(f"- {arm} − its painting row (top class over the whole image): {gap:+.2f} points; the larger "
+                         f"standard error of the two is {se:.2f}: "
+                         f"{'above it by more than that' if gap > se else 'not above it by more than that'}.")
     if c and o and c["mean"] is not None and o["mean"] is not None:
         lines.append(f"- oracle − CoCu mIoU: {o['mean'] - c['mean']:+.2f} points "
                      f"({'CoCu below the oracle' if o['mean'] > c['mean'] else 'CoCu not below the oracle'}).")
@@ -262,7 +271,8 @@ def report_markdown(cfg: PipelineConfig, out: Path, table: str, agg: dict[str, d
              + f", batch {cfg.train.batch_size}, seeds {a.seeds}; every arm starts from the same initialisation and "
              "sees the same images in the same order for a given seed. Evaluated on the toy world's val split "
              "(mIoU over 16 classes; stuff and thing columns are the mean IoU of the 8 stuff and 8 thing classes); "
-             "cells are mean ± sample std over seeds, in %.", "", table, ""]
+             "cells are mean ± standard error over seeds (sample std / sqrt(seeds)), in %; the painting column paints each "
+             "image's top class by the pooled embedding over the whole image (no grouping).", "", table, ""]
     lines += ordering_note(agg) + [""]
     lines += ["## What training sees", ""]
     lines += [signal[0] if signal[0] else f"_{signal[1]}_", ""]
