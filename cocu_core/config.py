@@ -63,6 +63,16 @@ class ToyWorldConfig(_Section):
         ),
     )
     p_noise: float = Field(0.05, ge=0, le=1, description="Probability that a caption is off-topic noise.")
+    salience_exponent: float = Field(
+        1.0, ge=0, description="Salience in the captions (CLIP's semantic bias): a present concept is named with "
+                               "probability min(1, p_kind x (area / reference)^exponent), area being its share of the "
+                               "image's pixels; 0 = every concept of a kind at its kind's rate, whatever its size.")
+    salience_reference_thing: float = Field(
+        0.056, gt=0, le=1, description="Area share at which a thing is named at p_mention_thing (the mean area of a "
+                                       "present thing at the default sizes, so the mean rate stays about the same).")
+    salience_reference_stuff: float = Field(
+        0.40, gt=0, le=1, description="Area share at which a stuff region is named at its split's stuff rate (the "
+                                      "mean area of a present stuff region at the default sizes).")
     max_things: int = Field(3, ge=1, le=6, description="Most things drawn in one image.")
     p_third_stuff: float = Field(
         0.3, ge=0, le=1, description="Probability of a third stuff band (e.g. sand between water and grass)."

@@ -113,6 +113,9 @@ def curation_stages(run: StageRun) -> None:
         gap = run("semantic_gap", T.semantic_gap_task, cfg, quote(prep), run.threads_alone)
         if gap:
             print(gap["table"])
+            if gap.get("salience_table"):
+                print("curation encoder's salience bias (present classes in the image's top 3, by area quartile):\n"
+                      + gap["salience_table"])
 
 
 def summary_markdown(run: StageRun, elapsed: float, flow_name: str = "cocu_pipeline") -> str:

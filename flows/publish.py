@@ -130,7 +130,9 @@ def semantic_gap(cfg: PipelineConfig, rep: dict[str, Any], secs: float) -> None:
         if signal else ""
     publish_table(cfg, "semantic-gap", [{"method": m, **r} for m, r in rep["rows"].items()],
                   "Top-3 curated concepts vs ground truth (toy world train split)")
-    publish_markdown(cfg, "curation-report", f"# Semantic gap ({cfg.curation.variant})\n\n{rep['table']}\n\n{seen}"
+    bias = (f"## The curation encoder's salience bias (train images: present classes among the image's top 3 by "
+            f"image->class similarity, by area quartile)\n\n{rep['salience_table']}\n\n") if rep.get("salience_table") else ""
+    publish_markdown(cfg, "curation-report", f"# Semantic gap ({cfg.curation.variant})\n\n{rep['table']}\n\n{bias}{seen}"
                                              f"## Examples\n\n{rep['examples']}\n")
 
 

@@ -37,3 +37,20 @@ def test_length_mismatch_is_clear():
 def test_no_ground_truth_gives_nan():
     r = gap_scores([], [], [], LEMMA_TO_CONCEPT.get)
     assert math.isnan(r["precision"]) and math.isnan(r["recall"])
+
+
+def test_salience_recall_by_hand():
+    from cocu_core.evaluation.semantic_gap import format_salience, salience_recall
+
+    # classes 0, 1 are things, 2 is stuff; top-1 by similarity: image 0 -> class 0, image 1 -> class 1
+    sim = [[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]]
+    present = [[0, 1, 2], [0, 1]]
+    areas = [[0.30, 0.02, 0.5], [0.01, 0.20]]
+    rows = salience_recall(sim, present, areas, ["thing", "thing", "stuff"], k=1, bins=2)
+    things = [r for r in rows if r["kind"] == "thing"]
+    # thing areas 0.01, 0.02 (small half: neither is its image's top class) and 0.20, 0.30 (large half: both are)
+    assert [(r["quartile"], r["concepts"], r["recall@1"]) for r in things] == [(1, 2, 0.0), (2, 2, 1.0)]
+    assert things[0]["area_from"] == 0.01 and things[1]["area_to"] == 0.30
+    stuff = [r for r in rows if r["kind"] == "stuff"]
+    assert sum(r["concepts"] for r in stuff) == 1 and all(r["recall@1"] in (0.0,) or math.isnan(r["recall@1"]) for r in stuff)
+    assert "| thing | 2 | 0.110-0.300 | 2 | 1.000 |" in format_salience(rows, k=1)  # the median of the 4 thing areas: 0.11

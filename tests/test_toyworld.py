@@ -56,7 +56,7 @@ def test_layout_and_schema(world):
     for k in keys[:5]:
         assert (val / "JPEGImages" / f"{k}.jpg").is_file() and (val / "SegmentationClass" / f"{k}.png").is_file()
     for split in ("web", "train", "val"):
-        assert parquet_schema_version(out / split / "pairs.parquet") == 1
+        assert parquet_schema_version(out / split / "pairs.parquet") == 2  # 2: the areas column
     img = Image.open(out / "train" / "images" / "train_0000000.jpg")
     assert img.size == (cfg.image_size, cfg.image_size) and img.mode == "RGB"
 
@@ -86,18 +86,55 @@ def test_every_image_has_stuff_and_a_thing(world):
     assert sum("thing" in k for k in kinds) >= 0.95 * len(rows)
 
 
+def expected_named(table, kind: str, p: float, cfg: ToyWorldConfig) -> tuple[float, int]:
+    """Why: the naming rate the documented rule predicts for the present concepts of a kind, from their stored areas:
+    mean of min(1, p x (area / reference)^exponent) over them, times (1 - p_noise); and how many there are."""
+    ref = cfg.salience_reference_thing if kind == "thing" else cfg.salience_reference_stuff
+    rates = [min(1.0, p * (a / ref) ** cfg.salience_exponent) for r in table.to_pylist()
+             for c, a in zip(r["concepts"], r["areas"]) if BY_NAME[c].kind == kind]
+    return float(np.mean(rates)) * (1 - cfg.p_noise), len(rates)
+
+
 def test_caption_gap_inside_configured_range(tmp_path):
     cfg = ToyWorldConfig(n_web=0, n_train=1500, n_val=0, seed=11, p_mention_thing=0.8, p_mention_stuff=0.1, p_noise=0.05)
     table = generate_split(tmp_path, "train", 1500, cfg, workers=2)
     gap = {r["concept"]: r for r in semantic_gap(table).to_pylist()}
     for kind, p in (("stuff", cfg.p_mention_stuff), ("thing", cfg.p_mention_thing)):
         r = gap[f"ALL {kind}"]
-        expected = p * (1 - cfg.p_noise)
+        expected, n = expected_named(table, kind, p, cfg)
+        assert n == r["present"]
         sd = np.sqrt(expected * (1 - expected) / r["present"])
         assert abs(r["named_fraction"] - expected) < 5 * sd + 0.01, (kind, r, expected)
-    assert gap["ALL stuff"]["named_fraction"] < 0.2 < 0.6 < gap["ALL thing"]["named_fraction"]
+    assert gap["ALL stuff"]["named_fraction"] < 0.2 < 0.5 < gap["ALL thing"]["named_fraction"]
     # Captions never name a concept that is not in the image (noise captions are off-topic).
     assert all(r["named_not_present"] == 0 for r in gap.values())
+
+
+def _named_by_area_quartile(table, kind: str) -> list[float]:
+    rows = [(a, c in r["named"]) for r in table.to_pylist() if not r["noisy"]
+            for c, a in zip(r["concepts"], r["areas"]) if BY_NAME[c].kind == kind]
+    a, named = np.array([x[0] for x in rows]), np.array([x[1] for x in rows])
+    q = np.digitize(a, np.quantile(a, [0.25, 0.5, 0.75]))
+    return [float(named[q == i].mean()) for i in range(4)]
+
+
+def test_salience_names_large_concepts_more_and_exponent_zero_names_all_sizes_alike(tmp_path):
+    """Why: the semantic bias's source: with salience (exponent 1), the largest quarter of present things is named far
+    more often than the smallest (measured 1.00 against 0.31 at seed 11); with exponent 0 every size alike. Areas are
+    each concept's pixel share of its label map."""
+    on = ToyWorldConfig(n_web=0, n_train=1500, n_val=0, seed=11)
+    t = generate_split(tmp_path / "on", "train", 1500, on, workers=2)
+    things, stuff = _named_by_area_quartile(t, "thing"), _named_by_area_quartile(t, "stuff")
+    assert things == sorted(things) and things[3] - things[0] > 0.5, things
+    assert stuff[3] > 2 * stuff[0] and max(stuff) < 0.3, stuff  # most stuff still unnamed
+    off = on.model_copy(update={"salience_exponent": 0.0})
+    t0 = generate_split(tmp_path / "off", "train", 1500, off, workers=2)
+    flat = _named_by_area_quartile(t0, "thing")
+    assert max(flat) - min(flat) < 0.1, flat
+    row = t.to_pylist()[0]
+    label = np.asarray(Image.open(tmp_path / "on" / "train" / row["mask"]))
+    ids = {c.name: c.id for c in CONCEPTS}
+    assert row["areas"] == pytest.approx([float((label == ids[c]).mean()) for c in row["concepts"]], abs=1e-6)
 
 
 def test_web_split_has_its_own_stuff_rate_and_the_gap_report_leaves_it_out(tmp_path):
@@ -106,9 +143,11 @@ def test_web_split_has_its_own_stuff_rate_and_the_gap_report_leaves_it_out(tmp_p
     web = {r["concept"]: r for r in semantic_gap(pq.read_table(tmp_path / "web" / "pairs.parquet")).to_pylist()}
     reported = {r["concept"]: r for r in pq.read_table(tmp_path / "gap.parquet").to_pylist()}
     train = {r["concept"]: r for r in semantic_gap(pq.read_table(tmp_path / "train" / "pairs.parquet")).to_pylist()}
-    for gap, p in ((web, 0.6), (train, 0.1)):
+    for gap, p, split in ((web, 0.6, "web"), (train, 0.1, "train")):
         r = gap["ALL stuff"]
-        assert abs(r["named_fraction"] - p) < 5 * np.sqrt(p * (1 - p) / r["present"]) + 0.01, (r, p)
+        expected, _ = expected_named(pq.read_table(tmp_path / split / "pairs.parquet"), "stuff", p, cfg)
+        assert abs(r["named_fraction"] - expected) < 5 * np.sqrt(expected * (1 - expected) / r["present"]) + 0.01, \
+            (r, expected)
     assert reported == train  # the reported gap is the curated pairs', not the encoder's corpus
     assert manifest["named_fraction_web"] > manifest["named_fraction"]
 

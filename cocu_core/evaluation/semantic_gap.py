@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from cocu_core.config import PipelineConfig
 from cocu_core.curation.data import CurationData
-from cocu_core.toyworld.concepts import LEMMA_TO_CONCEPT
+from cocu_core.toyworld.concepts import BY_NAME, CLASS_NAMES, LEMMA_TO_CONCEPT
 from cocu_core.toyworld.generate import toy_ground_truth
 
 
@@ -70,6 +70,63 @@ def format_gap_report(rows: dict[str, dict[str, float]], k: int = 3) -> str:
         for name, r in rows.items()
     ]
     return "\n".join([head, *body])
+
+
+def salience_recall(sim: np.ndarray, present: Sequence[Sequence[int]], areas: Sequence[Sequence[float]],
+                    kinds: Sequence[str], k: int = 3, bins: int = 4) -> list[dict]:
+    """Why: CLIP's semantic bias, measured: per kind and area quartile of the concepts present in the images, the
+    share of them among their image's top k classes by image->class similarity; an encoder trained on captions that
+    name salient concepts ranks large concepts high and small ones low. `sim` [images, classes]; `present[i]`, `areas[i]`
+    the class indices present in image i and their pixel shares; `kinds[c]` 'thing' or 'stuff'."""
+    top = np.argsort(-np.asarray(sim, np.float64), axis=1, kind="stable")[:, :k]
+    in_top = np.zeros(np.shape(sim), bool)
+    np.put_along_axis(in_top, top, True, axis=1)
+    img = np.repeat(np.arange(len(present)), [len(p) for p in present])
+    cls = np.fromiter((c for p in present for c in p), np.int64, len(img))
+    area = np.fromiter((a for p in areas for a in p), np.float64, len(img))
+    hit, kind = in_top[img, cls], np.asarray(kinds)[cls] if len(cls) else np.array([], str)
+    rows = []
+    for kd in ("thing", "stuff"):
+        sel = kind == kd
+        if not sel.any():
+            continue
+        edges = np.quantile(area[sel], np.linspace(0, 1, bins + 1))
+        q = np.clip(np.searchsorted(edges, area[sel], side="right") - 1, 0, bins - 1)
+        for b in range(bins):
+            m = q == b
+            rows.append({"kind": kd, "quartile": b + 1, "area_from": float(edges[b]), "area_to": float(edges[b + 1]),
+                         "concepts": int(m.sum()), f"recall@{k}": float(hit[sel][m].mean()) if m.any() else float("nan")})
+    return rows
+
+
+def format_salience(rows: list[dict], k: int = 3) -> str:
+    """Why: the bias table beside the gap table: recall of present concepts by their size."""
+    head = (f"| kind | area quartile | area share | present concepts | in the image's top {k} classes |\n"
+            "|---|---|---|---|---|")
+    body = [f"| {r['kind']} | {r['quartile']} | {r['area_from']:.3f}-{r['area_to']:.3f} | {r['concepts']} | "
+            f"{r[f'recall@{k}']:.3f} |" for r in rows]
+    return "\n".join([head, *body])
+
+
+def salience_report(data: CurationData, toy_split_dir: Path, k: int = 3) -> list[dict]:
+    """Why: the curation encoder's bias on the toy train images: their embeddings against the toy classes' concept
+    embeddings (the curation's own prompts), recall@k of present classes by area quartile."""
+    t = pq.read_table(toy_split_dir / "pairs.parquet", columns=["key", "concepts", "areas"]).to_pylist()
+    truth = {r["key"]: r for r in t}
+    classes = [c for c in CLASS_NAMES if c != "background" and c in data.concepts]
+    col = {c: i for i, c in enumerate(classes)}
+    rows = np.flatnonzero(np.array([sid in truth for sid in data.sample_ids]))
+    if not len(rows) or not classes:
+        return []
+    img = np.asarray(data.img_emb[rows], np.float32)
+    txt = np.asarray(data.concept_emb[[data.concepts.index(c) for c in classes]], np.float32)
+    present, areas = [], []
+    for i in rows:
+        r = truth[data.sample_ids[i]]
+        pairs = [(col[c], a) for c, a in zip(r["concepts"], r["areas"] or []) if c in col]
+        present.append([c for c, _ in pairs])
+        areas.append([a for _, a in pairs])
+    return salience_recall(img @ txt.T, present, areas, [BY_NAME[c].kind for c in classes], k)
 
 
 def mean_or_nan(values: Sequence[float]) -> float:

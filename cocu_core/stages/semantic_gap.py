@@ -3,7 +3,8 @@ truth, per expansion x ranking method) and, beside it, what training sees per ar
 
 Reads   the curation inputs (embed/, vocabulary/, concept_emb/, index/), toyworld/train (ground truth), the
         archives and download of every available arm (training signal)
-Writes  reports/semantic_gap/semantic_gap.json + manifest.json; reports/semantic_gap/training_signal/
+Writes  reports/semantic_gap/semantic_gap.json (the gap rows; the encoder's salience bias: recall of present classes
+        by area quartile) + manifest.json; reports/semantic_gap/training_signal/
 Key     gap_inputs_fp(curation upstream key, world fingerprint) + FIELDS; the training signal: the arms'
         training inputs + world fingerprint + SIGNAL_VERSION, with SIGNAL_FIELDS
 """
@@ -40,7 +41,7 @@ def semantic_gap_stage(data: CurationData, cfg: PipelineConfig, encoder_id: str,
                        caption_index=None) -> tuple[dict[str, dict], bool]:
     """Why: the toy world's semantic-gap table, recomputed only when its inputs or fields change; beside it, what
     training sees per arm whose inputs exist (`training_signal/`, its own cache: training settings and archives)."""
-    from cocu_core.evaluation.semantic_gap import semantic_gap_report  # torch, through the curation package
+    from cocu_core.evaluation.semantic_gap import salience_report, semantic_gap_report  # torch (curation package)
 
     out = stage_dir(cfg, "semantic_gap")
     fields = cfg.fields_for(FIELDS)
@@ -51,7 +52,8 @@ def semantic_gap_stage(data: CurationData, cfg: PipelineConfig, encoder_id: str,
     else:
         gt, named = toy_ground_truth(toy_split(cfg, "train"))
         rows, cached = semantic_gap_report(data, cfg, gt, named, image_index, caption_index), False
-        write_json_atomic(out / "semantic_gap.json", {"rows": rows})
+        write_json_atomic(out / "semantic_gap.json", {"rows": rows,
+                                                      "salience": salience_report(data, toy_split(cfg, "train"))})
         write_manifest(out, "semantic_gap", inputs, fields, {"images": len(gt), "methods": len(rows)})
     training_signal_stage(cfg, training_signal_dir(cfg))
     return rows, cached
@@ -104,13 +106,15 @@ def training_signal_stage(cfg: PipelineConfig, out_dir: Optional[Path] = None,
 
 def run(ctx: Context, prep: Optional[Prepared] = None) -> Report:
     """Why: the gap table over the curation's shared inputs (loaded here when the flow did not pass them)."""
-    from cocu_core.evaluation.semantic_gap import examples_markdown, format_gap_report  # torch (curation package)
+    from cocu_core.evaluation.semantic_gap import examples_markdown, format_gap_report, format_salience  # torch
 
     cfg = ctx.cfg
     prep = prep or prepare(ctx)
     rows, cached = semantic_gap_stage(prep.data, cfg, prep.encoder_id, prep.indexes["image"], prep.indexes["caption"])
     signal, _ = training_signal_stage(cfg)  # cached: the stage above computed it
+    bias = read_json(stage_dir(cfg, "semantic_gap") / "semantic_gap.json").get("salience") or []
     return {"rows": rows, "table": format_gap_report(rows), "training_signal": signal, "cached": cached,
+            "salience": bias, "salience_table": format_salience(bias) if bias else "",
             "examples": examples_markdown(ctx.dir("curate"), toy_split(cfg, "train"), prep.data)}
 
 

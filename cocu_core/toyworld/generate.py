@@ -28,8 +28,8 @@ from PIL import Image
 
 from cocu_core.config import ToyWorldConfig, fingerprint
 from cocu_core.io import read_json, write_bytes_atomic, write_json_atomic, write_parquet_atomic
-from cocu_core.toyworld.captions import concepts_named, make_caption
-from cocu_core.toyworld.concepts import BY_ID, CLASS_NAMES, CONCEPTS, THINGS
+from cocu_core.toyworld.captions import concepts_named, make_caption, salience_factor
+from cocu_core.toyworld.concepts import BY_ID, BY_NAME, CLASS_NAMES, CONCEPTS, THINGS
 from cocu_core.toyworld.render import render_scene
 
 SPLITS = ("web", "train", "val")
@@ -43,9 +43,10 @@ PAIRS_SCHEMA = pa.schema(
         ("concepts", pa.list_(pa.string())),
         ("named", pa.list_(pa.string())),
         ("noisy", pa.bool_()),
+        ("areas", pa.list_(pa.float32())),  # each present concept's share of the image's pixels, aligned with concepts
     ]
 )
-PAIRS_VERSION = 1
+PAIRS_VERSION = 2  # 2: areas
 JPEG_QUALITY = 92
 
 
@@ -60,6 +61,9 @@ class _Job:
     p_thing: float
     p_stuff: float
     p_noise: float
+    salience_exponent: float = 0.0
+    reference_thing: float = 1.0
+    reference_stuff: float = 1.0
 
 
 def _paths(split: str, key: str) -> tuple[str, str]:
@@ -87,7 +91,10 @@ def render_sample(job: _Job, index: int) -> tuple[dict, bytes, bytes]:
     visible = set(present)
     stuff = [s for s in scene.stuff if s in visible]
     things = [(n, c) for n, c in scene.things if n in visible]
-    caption, noisy = make_caption(stuff, things, rng, job.p_thing, job.p_stuff, job.p_noise)
+    areas = {BY_ID[i].name: float(counts[i]) / scene.label.size for i in range(1, len(counts)) if counts[i] >= min_px}
+    salience = {n: salience_factor(a, job.reference_thing if BY_NAME[n].kind == "thing" else job.reference_stuff,
+                                   job.salience_exponent) for n, a in areas.items()}
+    caption, noisy = make_caption(stuff, things, rng, job.p_thing, job.p_stuff, job.p_noise, salience)
     key = f"{job.split}_{index:07d}"
     img_rel, mask_rel = _paths(job.split, key)
     rec = {
@@ -98,6 +105,7 @@ def render_sample(job: _Job, index: int) -> tuple[dict, bytes, bytes]:
         "concepts": present,
         "named": [c for c in concepts_named(caption)],
         "noisy": noisy,
+        "areas": [areas[c] for c in present],
     }
     return rec, _encode(scene.image, "JPEG"), _encode(scene.label, "PNG")
 
@@ -137,6 +145,7 @@ def generate_split(
     job = _Job(
         split, str(out), cfg.seed, cfg.image_size, cfg.max_things, cfg.p_third_stuff,
         cfg.p_mention_thing, cfg.p_mention_stuff_web if split == "web" else cfg.p_mention_stuff, cfg.p_noise,
+        cfg.salience_exponent, cfg.salience_reference_thing, cfg.salience_reference_stuff,
     )
     chunk = 250
     tasks = [(job, lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
@@ -216,7 +225,7 @@ def format_gap(gap: pa.Table) -> str:
 
 def world_fingerprint(cfg: ToyWorldConfig) -> str:
     """Why: the toy world's cache key is its generator config (plus the generator's code version)."""
-    return fingerprint({"toyworld": cfg.model_dump(mode="json"), "generator": 1})
+    return fingerprint({"toyworld": cfg.model_dump(mode="json"), "generator": 2})  # 2: salience, areas
 
 
 def generate_world(
