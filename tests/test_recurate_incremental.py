@@ -24,7 +24,8 @@ from cocu_core.stages.base import Context
 from cocu_core.toyworld import read_pairs
 
 pytestmark = pytest.mark.slow
-GROWTH = ("download", "encoder", "embed", "index", "vocabulary", "concepts", "curate")
+EMBEDDED = ("download", "encoder", "embed")
+LATER = ("index", "vocabulary", "concepts", "curate")
 COPIED = ("download", "encoder", "embed", "vocabulary", "concept_emb")
 
 
@@ -35,7 +36,7 @@ def _cfg(root: Path, name: str, weights: Path, world_dir: Path, **index):
                         eval={"class_names": str(world_dir / "val" / "class_names.txt")})
 
 
-def _run(cfg, names=GROWTH) -> dict:
+def _run(cfg, names) -> dict:
     ctx = Context(cfg, log=lambda m: None, progress=False)
     return {n: get(n).run(ctx) for n in names}
 
@@ -46,16 +47,38 @@ def _archives(cfg) -> pa.Table:
     return t.take(pa.compute.sort_indices(t, [("key", "ascending")]))
 
 
-def _grow_then_full(tmp: Path, world_dir: Path, weights: Path, **index) -> tuple[dict, dict, pa.Table, pa.Table]:
-    """Why: (the re-curation's reports, the full one's, both archives sorted by key)."""
+@pytest.fixture(scope="module")
+def embedded(world_dir, toy_encoder_weights, tmp_path_factory):
+    """Why: the 200-pair download and embeddings, then the grown 240-pair ones (the same download generation: one new
+    shard), made once for both index kinds; returns the folder holding both states and the grown run's reports."""
+    tmp = tmp_path_factory.mktemp("inc_embedded")
     pairs = read_pairs(world_dir / "train").to_pylist()
     rows = [{"url": (world_dir / "train" / p["file"]).as_uri(), "caption": p["caption"], "key": p["key"]}
             for p in pairs]
+    cfg = _cfg(tmp, "base", toy_encoder_weights, world_dir)
+    for state, n in (("a", 200), ("b", 240)):  # 40 pairs appended to the same list
+        pq.write_table(pa.Table.from_pylist(rows[:n]), tmp / "list.parquet")
+        reports = _run(cfg, EMBEDDED)
+        for d in EMBEDDED:
+            shutil.copytree(cfg.workpath / d, tmp / state / d)
+    return tmp, reports
+
+
+def _state(src: Path, work: Path) -> None:
+    """Why: one embedded state's download, encoder and embed folders in a work folder, replacing what it held."""
+    for d in EMBEDDED:
+        shutil.rmtree(work / d, ignore_errors=True)
+        shutil.copytree(src / d, work / d)
+
+
+def _grow_then_full(tmp: Path, embedded, world_dir: Path, weights: Path, **index) -> tuple[dict, dict, pa.Table, pa.Table]:
+    """Why: (the re-curation's reports, the full one's, both archives sorted by key)."""
+    root, grown_embed = embedded
     inc = _cfg(tmp, "inc", weights, world_dir, **index)
-    pq.write_table(pa.Table.from_pylist(rows[:200]), tmp / "list.parquet")
-    _run(inc)
-    pq.write_table(pa.Table.from_pylist(rows), tmp / "list.parquet")  # 40 pairs appended
-    grown = _run(inc)
+    _state(root / "a", inc.workpath)
+    _run(inc, LATER)
+    _state(root / "b", inc.workpath)  # the list grew: new shard downloaded and embedded, earlier ones untouched
+    grown = {**grown_embed, **_run(inc, LATER)}
     full = _cfg(tmp, "full", weights, world_dir, **index)
     for d in COPIED:
         shutil.copytree(inc.workpath / d, full.workpath / d)
@@ -73,8 +96,8 @@ def _equal_rows(a: pa.Table, b: pa.Table) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exact(world_dir, toy_encoder_weights, tmp_path_factory):
-    return _grow_then_full(tmp_path_factory.mktemp("inc_exact"), world_dir, toy_encoder_weights)
+def exact(embedded, world_dir, toy_encoder_weights, tmp_path_factory):
+    return _grow_then_full(tmp_path_factory.mktemp("inc_exact"), embedded, world_dir, toy_encoder_weights)
 
 
 def test_incremental_recuration_with_exact_search_equals_a_full_one(exact):
@@ -95,9 +118,9 @@ def test_incremental_recuration_with_exact_search_equals_a_full_one(exact):
 
 
 @pytest.fixture(scope="module")
-def approximate(world_dir, toy_encoder_weights, tmp_path_factory):
+def approximate(embedded, world_dir, toy_encoder_weights, tmp_path_factory):
     # IVF from 100 vectors on, about 16 a list over 200, grown to 240 (1.2x: the quantiser is kept)
-    return _grow_then_full(tmp_path_factory.mktemp("inc_ivf"), world_dir, toy_encoder_weights, exact_below=100,
+    return _grow_then_full(tmp_path_factory.mktemp("inc_ivf"), embedded, world_dir, toy_encoder_weights, exact_below=100,
                            list_size=16, train_per_list=8)
 
 

@@ -200,7 +200,7 @@ def test_a_toy_curation_from_a_bucket_list_equals_a_local_one_and_publishes_ther
     from cocu_core.stages.base import Context
     from cocu_core.versions import fetch_version, publish_version, remote_versions, sync_remote_versions
 
-    _lists(world_dir, tmp_path / "lists")
+    _lists(world_dir, tmp_path / "lists", n=40)  # one download shard of 40 from two list files
     _upload(tmp_path / "lists", "s3://cocu/t3/lists", s3)
     names = ("download", "encoder", "embed", "index", "vocabulary", "concepts", "curate")
     tables = {}
@@ -210,7 +210,7 @@ def test_a_toy_curation_from_a_bucket_list_equals_a_local_one_and_publishes_ther
                            eval={"class_names": str(world_dir / "val" / "class_names.txt")}, storage={"options": s3})
         ctx = Context(cfg, log=lambda m: None, progress=False)
         reports = {n: get(n).run(ctx) for n in names}
-        assert reports["download"]["success"] == 80
+        assert reports["download"]["success"] == 40
         folder = cfg.workpath / "curate" / "cocu"
         t = pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("archive_*.parquet"))])
         tables[where] = t
@@ -218,7 +218,7 @@ def test_a_toy_curation_from_a_bucket_list_equals_a_local_one_and_publishes_ther
             root = cfg.workpath / "archives" / "cocu"
             publish_version(folder, root, keep=2)
             sync_remote_versions(root, "s3://cocu/t3/archives/cocu", 2, s3)
-    assert tables["bucket"].num_rows == 80 and tables["bucket"].equals(tables["local"])
+    assert tables["bucket"].num_rows == 40 and tables["bucket"].equals(tables["local"])
     assert remote_versions("s3://cocu/t3/archives/cocu", s3) == [1]
     fresh = tmp_path / "another-machine"
     fetched = fetch_version("s3://cocu/t3/archives/cocu", 1, fresh / "v0001", s3)
