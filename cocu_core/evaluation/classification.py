@@ -21,7 +21,7 @@ def center_crop_input(image: np.ndarray, size: int, crop_pct: float, device: tor
     from torchvision import transforms as T
 
     view = T.Compose([T.Resize(int(size / crop_pct), interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(size)])
-    return to_model_input(np.asarray(view(Image.fromarray(image))), (size, size), device)
+    return to_model_input(np.array(view(Image.fromarray(image))), (size, size), device)  # a writable copy for torch
 
 
 @torch.no_grad()
