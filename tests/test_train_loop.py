@@ -73,6 +73,18 @@ def test_loop_trains_writes_curve_checkpoints_and_counts_skips(data, tmp_path):
     assert not model.training and model.config.vision_width == 64
 
 
+def kill_after_first_checkpoint(proc: subprocess.Popen, ck: Path, timeout: float) -> None:
+    """Why: SIGKILL a training's whole process group the moment its first step checkpoint exists."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ck.is_dir() and any(p.name.startswith("step_") for p in ck.iterdir()):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished or failed before it could be killed"
+
+
 def _uninterrupted(data: Path, work: Path) -> list[dict]:
     cfg = make_cfg(work, epochs=4)
     run_loop(cfg, data, work / "full")
@@ -91,14 +103,7 @@ def test_resume_after_sigkill_repeats_the_same_losses(data, tmp_path):
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
     ck = out / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if ck.is_dir() and any(p.name.startswith("step_") for p in ck.iterdir()):
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished or failed before it could be killed"
+    kill_after_first_checkpoint(proc, ck, 240)
     assert not (out / "final.pt").exists()
     from cocu_core.train.checkpoint import list_step_checkpoints
 
@@ -186,14 +191,7 @@ def test_two_process_training_through_the_stage_killed_and_resumed_repeats_the_l
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])})
     ck = out / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ck.is_dir() and any(p.name.startswith("step_") for p in ck.iterdir()):
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished or failed before it could be killed"
+    kill_after_first_checkpoint(proc, ck, 300)
     assert wait_until(lambda: not processes_mentioning(str(out)), 30), "a training process outlived the kill"
     assert not (out / "final.pt").exists()
     logs: list[str] = []
