@@ -434,12 +434,13 @@ def test_ablation_flow_on_the_pipelines_work_folder_then_stage_reuses_runs(world
     for arm in ("baseline", "cocu"):
         e = table["arms"][arm]
         assert e["seeds"] == [0, 1]
-        for key in ("mIoU", "stuff_mIoU", "thing_mIoU", "top1"):
+        for key in ("mIoU", "painting_mIoU", "stuff_mIoU", "thing_mIoU", "top1"):
             vals = [r[key] for r in res["runs"] if r["arm"] == arm]
             assert e[key]["values"] == pytest.approx(vals) and e[key]["std"] is not None
             assert e[key]["mean"] == pytest.approx(sum(vals) / 2)
+            assert e[key]["se"] == pytest.approx(e[key]["std"] / 2 ** 0.5)  # the cells' spread: 2 seeds
     md = (abl / "table.md").read_text()
-    assert md.count("±") == 8 and "baseline" in md and "CoCu" in md
+    assert md.count("±") == 10 and "baseline" in md and "CoCu" in md  # 2 arms x 5 metrics
     assert Image.open(abl / "loss_curves.png").format == "PNG"
     maps = sorted((abl / "maps").glob("*.png"))
     assert 1 <= len(maps) <= 2 and {m["path"] for m in table["maps"]} == {str(m) for m in maps}
