@@ -18,7 +18,7 @@ changeable and carries the others over from its earlier archive; its manifest co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
@@ -36,7 +36,7 @@ from cocu_core.layout import stage_dir, toy_split
 from cocu_core.stages.base import (DONE, MISSING, PARTIAL, STALE, Context, Report, Stage, StageStatus, compare,
                                    upstream_key)
 from cocu_core.concepts.embed import embeddings_cache_key
-from cocu_core.stages.concepts import _concepts, load_concept_embeddings
+from cocu_core.stages.concepts import load_concept_embeddings
 from cocu_core.toyworld.oracle import (ORACLE_VARIANT, ORACLE_VERSION, OracleError, download_sample_ids,
                                        oracle_inputs_fp, oracle_table, toy_world_fingerprint)
 
@@ -142,7 +142,7 @@ def curate_shard_stage(data: CurationData, shard: str, out_dir: Path, cfg: Pipel
               **(earlier["why"] if earlier is not None else {"new_neighbour": 0, "concepts_changed": 0})}
     record = {"encoder": encoder_id, "algorithm": _algorithm(), "part_key": embed_part_key(data),
               "rows": [int(rows[0]), int(rows[-1]) + 1] if len(rows) else [0, 0],
-              "concept_emb": carry_concept_file(cfg, encoder_id).name}
+              "concept_emb": concept_file_name(data.concepts, cfg, encoder_id)}
     write_manifest(shard_dir, "curate", inputs, fields, counts, {"variant": ccfg.variant, "incremental": record})
     return {**counts, "shard": shard, "cached": False}
 
@@ -158,11 +158,10 @@ def embed_part_key(data: CurationData) -> Optional[str]:
     return (read_manifest(data.embed_dir) or {}).get("part_key")
 
 
-def carry_concept_file(cfg: PipelineConfig, encoder_id: str) -> Path:
-    """Why: today's concept embedding file (kept beside later ones), so a later re-curation can tell which
-    concepts embed differently."""
-    key = embeddings_cache_key(_concepts(stage_dir(cfg, "vocabulary")), encoder_id, cfg.encoder.templates)
-    return stage_dir(cfg, "concepts") / f"concept_emb_{key}.npy"
+def concept_file_name(concepts: Sequence[str], cfg: PipelineConfig, encoder_id: str) -> str:
+    """Why: the name of today's concept embedding file (kept beside later ones in concept_emb/), so a later
+    re-curation can tell which concepts embed differently."""
+    return f"concept_emb_{embeddings_cache_key(list(concepts), encoder_id, cfg.encoder.templates)}.npy"
 
 
 def merge_carried(fresh: pa.Table, fresh_rows: np.ndarray, kept: pa.Table, kept_rows: np.ndarray) -> pa.Table:
@@ -183,7 +182,6 @@ class Carry:
     own_changed: np.ndarray  # [n] an archive concept dropped or embeds differently, or a tie flips order
     caption_changed: np.ndarray  # [n] the caption's concepts differ today (True for rows not curated earlier)
     n_neighbours: int
-    reasons: dict[str, Any] = field(default_factory=dict)
 
     def shard_plan(self, data: CurationData, shard: str, out_dir: Path) -> dict[str, Any]:
         """Why: one earlier shard's rows to recompute (and why), and its earlier archive rows that are kept."""
@@ -279,13 +277,11 @@ def plan_carry(cfg: PipelineConfig, data: CurationData, indexes: Mapping[str, An
     reverse_k = ccfg.reverse_k or 4 * ccfg.n_neighbours
     joined = np.zeros(n, bool)
     joined[old_rows] = joined_by_new(data.img_emb, thr[old_rows], old_rows, np.flatnonzero(~is_old), index, reverse_k)
-    reasons = {"shards_carried_from": len(shards), "earlier_rows": int(len(old_rows)),
-               "new_rows": int(n - len(old_rows)), "search": "exact" if exact else f"{reverse_k} nearest per new image",
-               "concepts_changed": int(changed_ids.sum())}
     if log:
-        log(f"curate: incremental over {len(shards)} earlier shards ({len(old_rows):,} rows, {n - len(old_rows):,} new); "
-            f"{int(joined.sum()):,} earlier rows gain a new neighbour")
-    return Carry(shards, old_map, joined, own, cap, ccfg.n_neighbours, reasons)
+        log(f"curate: incremental over {len(shards)} earlier shards ({len(old_rows):,} rows, {n - len(old_rows):,} new; "
+            f"{'exact search' if exact else f'{reverse_k} nearest per new image'}); {int(joined.sum()):,} earlier rows "
+            f"gain a new neighbour, {int(changed_ids.sum())} concepts changed")
+    return Carry(shards, old_map, joined, own, cap, ccfg.n_neighbours)
 
 
 def curation_upstream_fp(cfg: PipelineConfig, encoder_id: str) -> str:
@@ -312,8 +308,7 @@ def summarise_shards(results: Sequence[dict]) -> dict[str, Any]:
     return {"shards": len(results), "images": images, "empty_archives": sum(r["empty_archives"] for r in results),
             "cached_shards": sum(bool(r.get("cached")) for r in results), "seconds": round(secs, 2),
             "cached": all(r.get("cached") for r in results),
-            **{k: sum(int(r.get(k, r["images"] if k == "recomputed" else 0)) for r in fresh)
-               for k in ("recomputed", "carried", "new_neighbour", "concepts_changed")}}
+            **{k: sum(int(r[k]) for r in fresh) for k in ("recomputed", "carried", "new_neighbour", "concepts_changed")}}
 
 
 @dataclass

@@ -76,6 +76,41 @@ def shards_covered(sample: Optional[np.ndarray], ranges: Mapping[str, tuple[int,
     return {"train_shards": hit, "shards": len(bounds)}
 
 
+def _tuned(index: Any, plan: Any, x: np.ndarray, cfg: PipelineConfig, name: str,
+           log: Optional[Callable[[str], None]]) -> tuple[dict[str, Any], float]:
+    """Why: an index's search setting tuned to the recall target (re-ranked when its plan says so), and the seconds."""
+    icfg = cfg.index
+    searched = RerankIndex(index, x, icfg.rerank_factor, icfg.metric_type) if plan.rerank else index
+    t0 = time.time()
+    return tune(searched, plan, x, icfg, [cfg.seed, 11], name, log), time.time() - t0
+
+
+def _grown(out: Path, name: str, x: np.ndarray, plan: Any, cfg: PipelineConfig, grow_from: Optional[int],
+           prev_row: Optional[Mapping[str, Any]], log: Optional[Callable[[str], None]]) -> tuple[Optional[tuple], str]:
+    """Why: the earlier index with the rows after `grow_from` added, re-tuned; or None and why it is rebuilt instead
+    ('' when there is nothing to grow from)."""
+    infos = out / f"{name}_infos.json"
+    if grow_from is None or prev_row is None or not infos.is_file():
+        return None, ""
+    prev_plan = plan_from_infos(read_json(infos))
+    why = can_grow(prev_row, prev_plan, plan, x.shape[0], cfg.index)
+    if why:
+        return None, why
+    t0 = time.time()
+    index = grow_index(out / f"{name}.index", x, grow_from)
+    add_s = time.time() - t0
+    try:
+        tuned, recall_s = _tuned(index, prev_plan, x, cfg, name, log)
+    except IndexRecallError as e:
+        return None, f"grown, it misses the recall target ({e})"
+    if not tuned["target_met"]:
+        return None, "grown, it misses the recall target"
+    info = {"train_rows": 0, "add_seconds": round(add_s, 2), "grown_from": int(grow_from),
+            "added": int(x.shape[0] - grow_from),
+            "trained_vectors": int(prev_row.get("trained_vectors") or prev_row["vectors"])}
+    return (index, info, prev_plan, tuned, add_s, recall_s), ""
+
+
 def build_tuned(f: Path, out: Path, name: str, cfg: PipelineConfig, ranges: Mapping[str, tuple[int, int]],
                 log: Optional[Callable[[str], None]] = None, grow_from: Optional[int] = None,
                 prev_row: Optional[Mapping[str, Any]] = None, why_build: str = "") -> dict[str, Any]:
@@ -85,29 +120,10 @@ def build_tuned(f: Path, out: Path, name: str, cfg: PipelineConfig, ranges: Mapp
     x = open_npy(f)
     n, d = x.shape
     plan = plan_index(n, d, icfg)
-    grown = None
-    if grow_from is not None and prev_row is not None and (out / f"{name}_infos.json").is_file():
-        prev_plan = plan_from_infos(read_json(out / f"{name}_infos.json"))
-        why_build = can_grow(prev_row, prev_plan, plan, n, icfg)
-        if not why_build:
-            t0 = time.time()
-            index = grow_index(out / f"{name}.index", x, grow_from)
-            info = {"train_rows": 0, "add_seconds": round(time.time() - t0, 2)}
-            searched = RerankIndex(index, x, icfg.rerank_factor, icfg.metric_type) if prev_plan.rerank else index
-            t1 = time.time()
-            try:
-                tuned = tune(searched, prev_plan, x, icfg, [cfg.seed, 11], name, log)
-            except IndexRecallError as e:
-                tuned = None
-                why_build = f"grown, it misses the recall target ({e})"
-            if tuned is not None and not tuned["target_met"]:
-                why_build, tuned = "grown, it misses the recall target", None
-            if tuned is not None:
-                grown = (index, info, prev_plan, tuned, time.time() - t0, time.time() - t1)
+    grown, why = _grown(out, name, x, plan, cfg, grow_from, prev_row, log)
+    why_build = why or why_build
     if grown is not None:
         index, info, plan, tuned, build_s, recall_s = grown
-        info.update(grown_from=int(grow_from), added=int(n - grow_from),
-                    trained_vectors=int(prev_row.get("trained_vectors") or prev_row["vectors"]))
         if log:
             log(f"index {name}: {n - grow_from:,} new vectors added to the earlier {plan.key} over {grow_from:,} "
                 "(its coarse quantiser kept)")
@@ -118,10 +134,7 @@ def build_tuned(f: Path, out: Path, name: str, cfg: PipelineConfig, ranges: Mapp
         t0 = time.time()
         index, info = build_index(x, plan, icfg, [cfg.seed, 13, len(name)], log, name)
         build_s = time.time() - t0
-        searched = RerankIndex(index, x, icfg.rerank_factor, icfg.metric_type) if plan.rerank else index
-        t1 = time.time()
-        tuned = tune(searched, plan, x, icfg, [cfg.seed, 11], name, log)
-        recall_s = time.time() - t1
+        tuned, recall_s = _tuned(index, plan, x, cfg, name, log)
         info.update(grown_from=None, added=0, trained_vectors=int(n), rebuilt_because=why_build or None)
     cover = shards_covered(info.pop("_train_sample", None), ranges)
     index_bytes = write_index(index, out / f"{name}.index")
